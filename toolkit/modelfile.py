@@ -1,0 +1,55 @@
+"""Saving and loading face models: `model.keras` plus `model.meta.json` (taps, normalisation, origin)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keras
+
+from . import atomic
+from .data.normalize import DEFAULT_NORMALIZATION
+from .zoo import list_taps
+
+
+def meta_path(model_path: str | os.PathLike) -> Path:
+    p = Path(model_path)
+    return p.with_name(p.name.removesuffix(".keras") + ".meta.json")
+
+
+def save_face_model(model: keras.Model, path: str | os.PathLike, **meta) -> Path:
+    """Save atomically, with the tap list and normalisation beside it. Returns the model path."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"model path must end in .keras, got {path}")
+    with atomic.atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    full = {
+        "architecture": model.name,
+        "input_shape": list(model.input_shape[1:]),
+        "embedding_dim": int(model.output_shape[-1]),
+        "normalization": DEFAULT_NORMALIZATION,
+        "taps": [t.to_dict() for t in list_taps(model)],
+        **meta,
+    }
+    atomic.write_json(meta_path(path), full)
+    return path
+
+
+def load_face_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """Load a saved face model and its metadata (defaults when the sidecar is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}: pass the model.keras written by `faceprobe train`")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many kinds for a bad zip
+        raise ValueError(f"{path} is not a readable Keras model ({exc}); re-run `faceprobe train`") from exc
+    mp = meta_path(path)
+    meta = json.loads(mp.read_text()) if mp.is_file() else {}
+    meta.setdefault("architecture", model.name)
+    meta.setdefault("input_shape", list(model.input_shape[1:]))
+    meta.setdefault("normalization", DEFAULT_NORMALIZATION)
+    meta.setdefault("taps", [t.to_dict() for t in list_taps(model)])
+    return model, meta
