@@ -1,0 +1,24 @@
+"""The gradient-ascent probe: plans, batched autodiff ascent, channel choice and the three findings.
+
+Heavy (TensorFlow) submodules load on first use, so importing ``toolkit.probe`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from device.plan import PLAN_SCHEMA, RESULT_SCHEMA, ProbePlan, ProbeResult
+
+__all__ = ["PLAN_SCHEMA", "RESULT_SCHEMA", "ProbePlan", "ProbeResult", "make_plan", "run_plan"]
+
+
+def run_plan(model, plan: ProbePlan, progress: bool = True) -> ProbeResult:
+    """Run ``plan`` on a Keras ``model`` by autodiff; see ``toolkit.probe.ascent``."""
+    from .ascent import run_plan as _run
+
+    return _run(model, plan, progress=progress)
+
+
+def make_plan(model, images, **kwargs) -> ProbePlan:
+    """A plan for ``model`` on normalised ``images``; see ``toolkit.probe.plans.make_plan``."""
+    from .plans import make_plan as _make
+
+    return _make(model, images, **kwargs)

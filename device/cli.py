@@ -1,0 +1,92 @@
+"""`faceprobe-agent`: run a probe plan on this board offline (`run`) or serve jobs over HTTP (`serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+TOKEN_ENV = "FACEPROBE_AGENT_TOKEN"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceprobe-agent",
+                                     description="Board side of faceprobe: numpy + a LiteRT interpreter.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve uploads and probe jobs over HTTP",
+                           description="Serve the HTTP agent. Without a token it only listens on loopback.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--store", required=True, help="folder of the content-addressed model store")
+    tok = serve.add_mutually_exclusive_group()
+    tok.add_argument("--token", help=f"bearer token (visible in `ps`: prefer --token-file or ${TOKEN_ENV})")
+    tok.add_argument("--token-file", help="file holding the bearer token")
+    serve.add_argument("--max-upload-mb", type=float, default=256.0, help="request body limit (default 256)")
+    _runtime_args(serve)
+
+    run = sub.add_parser("run", help="run a probe plan on a model here, without a server",
+                         description="Run PLAN (plan JSON with its sibling .npz) on MODEL.tflite.")
+    run.add_argument("model", help="the probe model .tflite (its .manifest.json beside it)")
+    run.add_argument("plan", help="plan JSON written by ProbePlan.save (images in the sibling .npz)")
+    run.add_argument("--out", required=True, help="output folder for the result")
+    run.add_argument("--kind", choices=("ascent", "activations"), default="ascent")
+    run.add_argument("--manifest", help="manifest path (default: <model stem>.manifest.json)")
+    run.add_argument("--max-batch", type=int, default=64, help="largest interpreter batch (default 64)")
+    run.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    _runtime_args(run)
+    return parser
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: runtime's)")
+    p.add_argument("--kernels", choices=("xnnpack", "builtin", "reference"), default="xnnpack",
+                   help="op kernels (int8 results differ between them; recorded in every result)")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        path = Path(args.token_file)
+        if not path.is_file():
+            raise ValueError(f"token file {path} does not exist")
+        return path.read_text().strip()
+    return args.token or os.environ.get(TOKEN_ENV) or None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import tasks
+    from .plan import ProbePlan
+    from .runtime import Runtime
+
+    runtime = Runtime(args.model, args.manifest, threads=args.threads, kernels=args.kernels)
+    result = tasks.run(runtime, ProbePlan.load(args.plan), args.kind, max_batch=args.max_batch)
+    out = tasks.save(result, args.out)
+    if args.json:
+        summary = (result.summary() if args.kind == "ascent"
+                   else {"stats": result["stats"], "meta": result["meta"]})
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.kind} result written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from .agent import serve
+
+            serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads,
+                  args.kernels)
+            return 0
+        return _run(args)
+    except (ValueError, KeyError, FileNotFoundError, ImportError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"faceprobe-agent {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

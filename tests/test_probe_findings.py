@@ -1,0 +1,111 @@
+"""The findings' statistics on constructed cases with known answers, channel choice, and emergence."""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from toolkit.probe.channels import pick, rank_channels
+from toolkit.probe.emergence import correlation, fixed_channels, stable_from
+from toolkit.probe.findings import colour_share, frequency_centroid
+from toolkit.probe.invariance import invariance_index
+
+
+def _orthonormal(n, d, seed=0):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, n)))
+    return q.T
+
+
+@pytest.mark.parametrize("a, b", [(1.0, 0.0), (1.0, 1.0), (2.0, 1.0), (0.0, 1.0)])
+def test_invariance_index_known_answer(a, b):
+    # Image i of person k = a * p_k + b * e_i with orthonormal p, e: within-person cosine a²/(a²+b²),
+    # between-person cosine 0, so the index is exactly a²/(a²+b²).
+    people, per = 4, 3
+    basis = _orthonormal(people + people * per, 64)
+    labels = np.repeat(np.arange(people), per)
+    vectors = a * basis[labels] + b * basis[people:]
+    out = invariance_index(vectors, labels)
+    assert out["index"] == pytest.approx(a * a / (a * a + b * b), abs=1e-9)
+    assert out["between"] == pytest.approx(0.0, abs=1e-9)
+    assert out["pairs_within"] == people * 3 and out["pairs_between"] == 66 - people * 3
+
+
+def test_invariance_index_with_shared_between_similarity():
+    # All vectors share a common part c: within = 1, between = c²/(c²+1) -> index 1; strangers-alike -> 0.
+    basis = _orthonormal(5, 16, seed=1)
+    labels = np.array([0, 0, 1, 1])
+    same = basis[0] + basis[1 + labels]
+    assert invariance_index(same, labels)["index"] == pytest.approx(1.0)
+    unrelated = basis[0] + basis[1:5]
+    out = invariance_index(unrelated, labels)
+    assert out["between"] == pytest.approx(0.5) and out["index"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_invariance_index_needs_pairs():
+    with pytest.raises(ValueError, match="at least two photos"):
+        invariance_index(np.eye(3), np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("f", [1, 4, 8, 16])
+def test_frequency_centroid_of_pure_stripes(f):
+    x = np.arange(32)
+    stripes = np.cos(2 * np.pi * f * x / 32)[None, :].repeat(32, 0)
+    delta = np.repeat(stripes[None, :, :, None], 3, axis=-1)
+    assert frequency_centroid(delta)[0] == pytest.approx(f / 16, rel=1e-9)
+
+
+def test_colour_share():
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.normal(size=(1, 8, 8, 1)), 3, axis=-1)
+    assert colour_share(grey)[0] == pytest.approx(0.0, abs=1e-12)
+    colour = grey * np.array([1.0, -1.0, 0.0])  # channel mean zero: all colour
+    assert colour_share(colour)[0] == pytest.approx(1.0)
+
+
+def test_channel_rules():
+    responses = np.zeros((2, 3, 3, 10))
+    responses[..., :] = np.array([5, 1, 9, 3, 7, 0, 2, 8, 6, 4], float)
+    ranking = rank_channels(responses)
+    assert list(ranking) == [2, 7, 4, 8, 0, 9, 3, 6, 1, 5]
+    assert pick(ranking, 5, "top") == [2, 7, 4, 8, 0]
+    assert pick(ranking, 3, "spread") == [2, 0, 5]  # ranks 0, 4 (4.5 rounds half to even), 9
+    with pytest.raises(ValueError, match="channel rule"):
+        pick(ranking, 5, "best")
+
+
+def test_emergence_helpers():
+    assert stable_from([0, 10, 20, 30], [0.2, 0.95, 0.5, 1.0], 0.9) == 30
+    assert stable_from([0, 10, 20, 30], [0.2, 0.95, 0.93, 1.0], 0.9) == 10
+    assert stable_from([0, 10], [0.1, 0.5], 0.9) is None
+    a = np.random.default_rng(0).normal(size=100)
+    assert correlation(a, 3 * a + 1) == pytest.approx(1.0)
+    assert correlation(a, -a) == pytest.approx(-1.0)
+    assert fixed_channels(64, 5) == [0, 16, 32, 47, 63]
+
+
+def test_emergence_callback_during_training(tmp_path):
+    import keras
+
+    from toolkit.probe.emergence import EmergenceCallback
+    from toolkit.zoo import get_model
+
+    model = get_model("tiny", input_size=32, embedding_dim=8)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    targets = rng.normal(size=(16, 8)).astype(np.float32)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    cb = EmergenceCallback(model, images, every=3, out_dir=tmp_path / "em", steps=3, max_images=2)
+    model.fit((images.astype(np.float32) - 127.5) / 128, targets, batch_size=4, epochs=2, verbose=0,
+              callbacks=[cb])
+    summary = json.loads((tmp_path / "em" / "emergence.json").read_text())
+    assert summary["iterations"] == [0, 3, 6, 8]  # 8 batches: snapshots at start, every 3, and the end
+    assert set(summary["stages"]) == {"first", "middle", "last"}
+    for stage in summary["stages"].values():
+        assert len(stage["correlations"]) == 4 and stage["correlations"][-1] == pytest.approx(1.0)
+        assert stage["stable_from"] in summary["iterations"]
+        # Training moved the weights: the start-of-training visualisation differs from the final one.
+        assert stage["correlations"][0] < 0.999
+    assert len(list((tmp_path / "em" / "snapshots").glob("iter_*.npz"))) == 4

@@ -1,0 +1,189 @@
+"""The three levels of the check: taps, features and identities, float Keras vs a quantized board."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from device.manifest import tap_entries
+from device.plan import ProbePlan, ProbeResult
+
+from ..evaluate import pair_scores, rank1_accuracy, verification_metrics
+from ..probe import make_plan, run_plan
+from ..probe.ascent import tap_responses
+from ..zoo import list_taps, tap_key, tap_model
+from .metrics import ErrorSums, correlation, cosine, rows_cosine
+
+CHUNK = 8  # images per interpreter job: bounds memory (a stem tap of 8 faces is ~6 MB)
+
+
+def _activation_plan(model: keras.Model, images: np.ndarray) -> ProbePlan:
+    """A plan whose targets name every tap once: the board's activations job returns them all."""
+    return ProbePlan(targets=[{"tap": t.name, "channel": 0} for t in list_taps(model)], images=images)
+
+
+def tap_level(model: keras.Model, board, images: np.ndarray, scales: dict[str, float | None]) -> list[dict]:
+    """Per tap, in depth order: SQNR, cosine, RMSE/scale, saturation, and the noise it adds over the tap
+    before it (noise-to-signal ratio minus the previous tap's): the rank that localises a breakage.
+
+    ``scales``: each tap's int8 quantization step (``tap_scales`` of the probe model's manifest)."""
+    reference = tap_model(model, embedding=False)
+    taps = list_taps(model)
+    sums = {t.name: ErrorSums() for t in taps}
+    saturated = {t.name: [] for t in taps}
+    for start in range(0, len(images), CHUNK):
+        batch = images[start:start + CHUNK]
+        ref = reference(batch, training=False)
+        got = board.activations(_activation_plan(model, batch))
+        for t in taps:
+            sums[t.name].add(np.asarray(ref[tap_key(t.name)]), got["values"][t.name])
+            saturated[t.name].append(got["stats"][t.name].get("saturation"))
+    rows, previous = [], 0.0
+    for t in taps:
+        errors = sums[t.name].result(scales.get(t.name))
+        sat = [s for s in saturated[t.name] if s is not None]
+        rows.append({"tap": t.name, "stage": t.stage, **errors,
+                     "saturation": float(np.mean(sat)) if sat else None,
+                     "noise_added": errors["noise_to_signal"] - previous})
+        previous = errors["noise_to_signal"]
+    return rows
+
+
+def tap_scales(manifest: dict) -> dict[str, float | None]:
+    """Each tap's int8 quantization step from a probe model's manifest (None for float tensors)."""
+    return {name: (o.get("int8") or {}).get("scale") or o.get("scale")
+            for name, o in tap_entries(manifest).items()}
+
+
+def feature_plan(model: keras.Model, images: np.ndarray, subspace_size: int = 4,
+                 steps: int = 20) -> ProbePlan:
+    """The probe's default plan (5 channels per stage) in a low-frequency DCT subspace.
+
+    The check uses the ``normalized`` step rule: a quantized model's input is clamped to its calibrated
+    range, so the method's raw steps (which leave the valid range at deep taps) would stall there."""
+    return make_plan(model, images, per_tap=5, steps=steps, step_rule="normalized",
+                     subspace={"kind": "dct", "size": subspace_size})
+
+
+def compare_ascents(plan: ProbePlan, reference: ProbeResult, test: ProbeResult) -> list[dict]:
+    """Per target (mean over images): correlation of the final images and of their change from the start,
+    the objective gain of ``test`` relative to ``reference``, and the mean per-step gradient cosine."""
+    rows = []
+    for j, target in enumerate(plan.targets):
+        img_corr, change_corr, grad_cos = [], [], []
+        for i, start in enumerate(plan.images):
+            img_corr.append(correlation(reference.final_images[i, j], test.final_images[i, j]))
+            change_corr.append(correlation(reference.final_images[i, j] - start,
+                                           test.final_images[i, j] - start))
+            if reference.gradients is not None and test.gradients is not None:
+                grad_cos.append(float(np.mean(rows_cosine(reference.gradients[i, j], test.gradients[i, j]))))
+        gain_ref = float(np.mean(reference.gain[:, j]))
+        rows.append({**target, "image_correlation": float(np.mean(img_corr)),
+                     "change_correlation": float(np.mean(change_corr)),
+                     "gradient_cosine": float(np.mean(grad_cos)) if grad_cos else None,
+                     "gain_reference": gain_ref, "gain_test": float(np.mean(test.gain[:, j])),
+                     "gain_ratio": float(np.mean(test.gain[:, j]) / gain_ref) if gain_ref else None})
+    return rows
+
+
+def rescore(model: keras.Model, board, plan: ProbePlan, ascended: ProbeResult) -> dict:
+    """Re-score the host's full-gradient ascent results on the quantized model.
+
+    Per target: the objective float vs quantized on the same ascended image; per tap: the fraction of
+    values at the int8 limits on the ascended images and on the start images."""
+    n, t_count = ascended.final_images.shape[:2]
+    flat = ascended.final_images.reshape(n * t_count, *plan.image_shape)
+    quant = {t: [] for t in plan.taps}
+    sat_ascended = {t: [] for t in plan.taps}
+    for start in range(0, len(flat), CHUNK):
+        got = board.activations(ProbePlan(targets=plan.targets, images=flat[start:start + CHUNK]))
+        for t in plan.taps:
+            quant[t].append(got["values"][t])
+            sat_ascended[t].append(got["stats"][t].get("saturation"))
+    start_stats = board.activations(ProbePlan(targets=plan.targets, images=plan.images))["stats"]
+    floats = tap_responses(model, flat, plan.taps)
+    rows = []
+    for j, target in enumerate(plan.targets):
+        tap, c = target["tap"], target["channel"]
+        q = np.concatenate(quant[tap]).reshape(n, t_count, *floats[tap].shape[1:])[:, j, ..., c]
+        f = floats[tap].reshape(n, t_count, *floats[tap].shape[1:])[:, j, ..., c]
+        rows.append({**target, "objective_float": float(f.mean()), "objective_quantized": float(q.mean()),
+                     "map_cosine": cosine(f, q)})
+    saturation = {}
+    for t in plan.taps:
+        values = [s for s in sat_ascended[t] if s is not None]
+        saturation[t] = {"ascended": float(np.mean(values)) if values else None,
+                         "start": start_stats[t].get("saturation")}
+    return {"targets": rows, "saturation": saturation}
+
+
+def feature_reference(model: keras.Model, float_board, images: np.ndarray, subspace_size: int = 4,
+                      steps: int = 20) -> dict:
+    """What every board is compared with, computed once: the default plan by host autodiff on Keras and
+    by finite differences on the float TFLite, and the full-gradient host ascent."""
+    plan = feature_plan(model, images, subspace_size, steps)
+    full_plan = ProbePlan(**{**_plan_fields(plan), "subspace": {"kind": "full"}})
+    return {"plan": plan, "host": run_plan(model, plan, progress=False), "fd_float": float_board.ascent(plan),
+            "full_plan": full_plan, "full": run_plan(model, full_plan, progress=False)}
+
+
+def feature_level(model: keras.Model, reference: dict, board) -> dict:
+    """The plan by finite differences on the quantized model, with the same perturbations as on the float
+    TFLite (so estimator error cancels and what remains is quantization), and the full-gradient ascent
+    re-scored on the quantized model."""
+    plan = reference["plan"]
+    fd_quant = board.ascent(plan)
+    estimator = compare_ascents(plan, reference["host"], reference["fd_float"])
+    float_vs_quant = compare_ascents(plan, reference["fd_float"], fd_quant)
+    sat = rescore(model, board, reference["full_plan"], reference["full"])
+    max_sat = [v["ascended"] for v in sat["saturation"].values() if v["ascended"] is not None]
+    grad = [r["gradient_cosine"] for r in float_vs_quant if r["gradient_cosine"] is not None]
+    return {
+        "plan": plan.to_json(),
+        "estimator": estimator,
+        "float_vs_quantized": float_vs_quant,
+        "rescored": sat,
+        "summary": {
+            "change_correlation": float(np.mean([r["change_correlation"] for r in float_vs_quant])),
+            "gradient_cosine": float(np.mean(grad)) if grad else None,
+            "max_saturation": max(max_sat) if max_sat else None,
+            "estimator_change_correlation": float(np.mean([r["change_correlation"] for r in estimator])),
+        },
+        "_results": {"fd_quant": fd_quant},
+    }
+
+
+def _plan_fields(plan: ProbePlan) -> dict:
+    return {k: getattr(plan, k) for k in ("targets", "images", "objective", "steps", "step_size",
+                                          "step_rule", "options", "subspace", "finite_difference",
+                                          "valid_range")}
+
+
+def identity_level(float_embeddings: np.ndarray, quant_embeddings: np.ndarray, labels: np.ndarray,
+                   pairs) -> dict:
+    """Embedding cosine per image; verification and rank-1 float vs quantized on the same pairs; the
+    fraction of pairs whose same/different decision flips at the float model's threshold."""
+    ef = _unit(float_embeddings)
+    eq = _unit(quant_embeddings)
+    per_image = np.sum(ef * eq, axis=1)
+    issame = np.asarray(pairs.issame, bool)
+    sf, sq = pair_scores(ef, pairs.left, pairs.right), pair_scores(eq, pairs.left, pairs.right)
+    mf = verification_metrics(sf, issame, pairs.fold)
+    mq = verification_metrics(sq, issame, pairs.fold)
+    threshold = mf["threshold"]
+    return {
+        "embedding_cosine_mean": float(per_image.mean()),
+        "embedding_cosine_min": float(per_image.min()),
+        "embedding_cosine": per_image.tolist(),
+        "float": {**mf, "rank1": rank1_accuracy(ef, labels)},
+        "quantized": {**mq, "rank1": rank1_accuracy(eq, labels)},
+        "accuracy_drop_pp": 100.0 * (mf["verification_accuracy"] - mq["verification_accuracy"]),
+        "flip_fraction": float(np.mean((sf > threshold) != (sq > threshold))),
+        "threshold": threshold,
+        "pair_scores": {"float": sf.tolist(), "quantized": sq.tolist(), "issame": issame.tolist()},
+    }
+
+
+def _unit(e: np.ndarray) -> np.ndarray:
+    e = np.asarray(e, np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)

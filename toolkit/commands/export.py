@@ -1,0 +1,68 @@
+"""`faceprobe export`: a trained model -> deploy and probe TFLite files per variant, with manifests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DEFAULT_VARIANTS = "float32,int8"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="convert a trained model to TFLite variants with manifests",
+        description="Convert MODEL (model.keras from `faceprobe train`) to TFLite. Each variant gives two "
+                    "files: model.<variant>.tflite (deploy: embedding only, fully fused) and "
+                    "model.<variant>.probe.tflite (embedding + pre-activation taps), each with its "
+                    "<stem>.manifest.json. Every file is loaded back and checked (taps present, float32 "
+                    "equal to Keras, deploy and probe embeddings agree) before anything is written.")
+    p.add_argument("model", help="model.keras written by `faceprobe train`")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help=f"comma-separated: float32, float16, dynamic_int8, int8 (default {DEFAULT_VARIANTS})")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--calibration", default=None,
+                   help="folder of identity folders of training faces, for int8 calibration")
+    p.add_argument("--calibration-size", type=int, default=200,
+                   help="faces drawn for int8 calibration (default 200)")
+    p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
+                   help="taps whose blocks stay float in int8 (e.g. stage2/block1)")
+    p.add_argument("--int8-io", action="store_true", help="int8 input and outputs for the int8 variant "
+                   "(default: float in and out, quantised inside)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    p.add_argument("--json", action="store_true", help="print the files, sizes and checks as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from device.manifest import load_manifest, manifest_path_for
+
+    from ..export import ExportVerificationError, export_model
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:
+        files = export_model(args.model, args.out, variants=variants, calibration=args.calibration,
+                             keep_float=args.keep_float, int8_io=args.int8_io,
+                             calibration_size=args.calibration_size, seed=args.seed,
+                             progress=not args.json)
+    except ExportVerificationError as exc:
+        print(f"faceprobe export: {exc}", file=sys.stderr)
+        return 1
+    summary = {}
+    for variant, roles in files.items():
+        summary[variant] = {}
+        for role, path in roles.items():
+            manifest = load_manifest(manifest_path_for(path))
+            summary[variant][role] = {"file": str(path), "manifest": str(manifest_path_for(path)),
+                                      "bytes": manifest["bytes"], "sha256": manifest["sha256"],
+                                      "verification": manifest["verification"]}
+    if args.json:
+        print(json.dumps({"variants": summary}, indent=2))
+        return 0
+    print(f"{'variant':<14}{'role':<8}{'bytes':>10}  {'deploy~probe cos':>16}  {'vs Keras cos':>12}  file")
+    for variant, roles in summary.items():
+        for role, s in roles.items():
+            v = s["verification"]
+            print(f"{variant:<14}{role:<8}{s['bytes']:>10}  {v['deploy_probe_cosine']:>16.6f}  "
+                  f"{v['embedding_cosine_vs_keras']:>12.6f}  {s['file']}")
+    return 0

@@ -1,0 +1,163 @@
+"""The check's pictures and its self-contained HTML report, rendered from report.json and saved results."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from device.plan import ProbePlan, ProbeResult
+
+from ..atomic import write_bytes
+from ..zoo import STAGES
+from . import grids
+from .page import STYLE, _img, _table
+
+TAP_KEYS = ["tap", "stage", "sqnr_db", "cosine", "rmse_over_scale", "saturation", "noise_added"]
+FEATURE_KEYS = ["tap", "channel", "change_correlation", "image_correlation", "gradient_cosine",
+                "gain_reference", "gain_test", "gain_ratio"]
+VERDICT_KEYS = ["name", "level", "value", "direction", "threshold", "passed"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    _plt().close(fig)
+    write_bytes(path, buf.getvalue())
+    return path
+
+
+def tap_figure(report: dict, path: Path) -> Path:
+    """SQNR per tap, one line per board, with the threshold."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 3.5), dpi=100)
+    for board in report["boards"]:
+        taps = board["taps"]
+        ax.plot(range(len(taps)), [min(r["sqnr_db"], 80) for r in taps], marker="o", label=board["name"])
+    names = [r["tap"] for r in report["boards"][0]["taps"]]
+    ax.axhline(report["thresholds"]["taps"]["min_sqnr_db"], color="red", ls="--", label="threshold")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("SQNR (dB)")
+    ax.set_title("Tap SQNR, float Keras vs quantized interpreter (depth order)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def identity_figure(board: dict, path: Path) -> Path:
+    """Pair scores float vs quantized, genuine and impostor, with the float threshold."""
+    plt = _plt()
+    s = board["identities"]["pair_scores"]
+    f, q, same = np.array(s["float"]), np.array(s["quantized"]), np.array(s["issame"], bool)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.scatter(f[same], q[same], s=6, label="genuine", alpha=0.6)
+    ax.scatter(f[~same], q[~same], s=6, label="impostor", alpha=0.6)
+    t = board["identities"]["threshold"]
+    ax.axvline(t, color="grey", ls="--")
+    ax.axhline(t, color="grey", ls="--")
+    lo, hi = float(min(f.min(), q.min())), float(max(f.max(), q.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.5)
+    ax.set_xlabel("float pair score")
+    ax.set_ylabel("quantized pair score")
+    ax.set_title(f"Decisions flipped: {board['identities']['flip_fraction']:.2%}")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def feature_figures(out: Path, board_index: int, taps_by_stage: dict[str, str]) -> dict[str, Path]:
+    """Per stage: rows host autodiff / float TFLite / quantized TFLite, columns the channels; each cell
+    the ascent's change from the (first) start image."""
+    d = out / "features"
+    plan = ProbePlan.load(d / "plan.json")
+    rows = {"host autodiff": ProbeResult.load(d / "host"), "float (FD)": ProbeResult.load(d / "fd_float"),
+            "quantized (FD)": ProbeResult.load(d / f"fd_quant_board{board_index}")}
+    start = plan.images[0]
+    figures = {}
+    for stage in STAGES:
+        tap = taps_by_stage.get(stage)
+        idx = [j for j, t in enumerate(plan.targets) if t["tap"] == tap]
+        if not idx:
+            continue
+        cells = [[grids.signed(r.final_images[0, j] - start) for j in idx] for r in rows.values()]
+        img = grids.grid(cells, list(rows), [f"ch {plan.targets[j]['channel']}" for j in idx],
+                         f"{stage} stage: {tap} (change from the start image)")
+        figures[stage] = grids.write_png(out / "figures" / f"features_board{board_index}_{stage}.png", img)
+    return figures
+
+
+def _verdict_banner(report: dict) -> str:
+    ok = report["passed"]
+    colour = "#1a7f37" if ok else "#b42318"
+    failed = ", ".join(report["summary"]["failed_checks"]) or "none"
+    acc = report["summary"]["verification_accuracy"]
+    return (f'<div style="padding:1em;border-radius:6px;color:white;background:{colour}">'
+            f'<h1 style="margin:0">{"PASS" if ok else "FAIL"}: {html.escape(report["summary"]["variant"])} '
+            f"keeps the features{'' if ok else ' — not'}</h1>"
+            f"<p>verification accuracy float {acc['float']:.4f}, quantized {acc['quantized']:.4f}; "
+            f"worst tap <code>{html.escape(str(report['summary']['worst_tap']))}</code>; "
+            f"first broken tap <code>{html.escape(str(report['summary']['first_broken_tap']))}</code>; "
+            f"failed checks: {html.escape(failed)}</p></div>")
+
+
+def _suggestion(s: dict | None) -> str:
+    if not s:
+        return "<p>No fix tried (the check passed, or suggestions were off).</p>"
+    summ = s["summary"]
+    return (f"<p>{html.escape(s['why'])}. Re-exported (<code>{summ['action']}</code>) and re-checked: "
+            f"<b>{'passes' if summ['passed_after'] else 'still fails'}</b>; quantized verification accuracy "
+            f"{summ['quantized_accuracy_after']:.4f}; deploy size x{summ['size_ratio']:.2f}, batch-1 "
+            f"latency x{summ['latency_ratio']:.2f}.</p>" + _table(s["verdicts"], VERDICT_KEYS))
+
+
+def render_check(run_dir: str | os.PathLike) -> Path:
+    """Write figures/*.png and report.html for the check in ``run_dir``; returns the HTML path."""
+    out = Path(run_dir)
+    path = out / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no check report (report.json); run `faceprobe check` first")
+    report = json.loads(path.read_text())
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceprobe check</title>"
+             f"<style>{STYLE}</style></head><body>", _verdict_banner(report),
+             f"<p>Model <code>{html.escape(report['model']['path'])}</code>, data "
+             f"{html.escape(report['data']['source'])} ({report['data']['images']} images, "
+             f"{report['data']['identities']} identities, {report['data']['pairs']} pairs), calibration "
+             f"{html.escape(report['data']['calibration'])}.</p>",
+             "<h2>Taps</h2>", _img(tap_figure(report, out / "figures" / "taps.png"), "tap SQNR")]
+    has_features = (out / "features" / "plan.json").is_file()
+    for i, board in enumerate(report["boards"]):
+        parts += [f"<h2>Board: {html.escape(board['name'])} — {'pass' if board['passed'] else 'FAIL'}</h2>",
+                  "<pre>" + html.escape(json.dumps(board["info"], indent=1)) + "</pre>",
+                  _table(board["verdicts"], VERDICT_KEYS), "<h3>Taps</h3>", _table(board["taps"], TAP_KEYS)]
+        if has_features and board.get("features"):
+            plan_taps = {t["tap"] for t in board["features"]["plan"]["targets"]}
+            stages = {r["stage"]: r["tap"] for r in board["taps"] if r["tap"] in plan_taps}
+            parts += ["<h3>Features</h3>", _table([board["features"]["summary"]], list(
+                board["features"]["summary"]))]
+            parts += [_img(p, f"features {s}") for s, p in feature_figures(out, i, stages).items()]
+            parts.append(_table(board["features"]["float_vs_quantized"], FEATURE_KEYS))
+        ident = board["identities"]
+        rows = [{"model": k, **{m: ident[k][m] for m in ("verification_accuracy", "roc_auc", "eer", "rank1")}}
+                for k in ("float", "quantized")]
+        parts += ["<h3>Identities</h3>", _table(rows, ["model", "verification_accuracy", "roc_auc", "eer",
+                                                        "rank1"]),
+                  f"<p>mean embedding cosine {ident['embedding_cosine_mean']:.4f} (min "
+                  f"{ident['embedding_cosine_min']:.4f}); accuracy drop "
+                  f"{ident['accuracy_drop_pp']:.2f} pp</p>",
+                  _img(identity_figure(board, out / "figures" / f"identities_board{i}.png"), "pair scores")]
+    parts += ["<h2>Suggestion</h2>", _suggestion(report.get("suggestion")), "</body></html>"]
+    html_path = out / "report.html"
+    write_bytes(html_path, "\n".join(parts).encode())
+    return html_path

@@ -1,0 +1,1 @@
+"""Pieces of the trainer: recipe config, margin heads, LR schedule, checkpoints, batch-norm repair."""

@@ -1,0 +1,153 @@
+"""TrainConfig: one training recipe, loadable from a TOML file with command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HEADS = ("arcface", "cosface")
+OPTIMIZERS = ("adamw", "sgd")
+STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (written to the run dir as config.json)."""
+
+    description: str = ""
+    # Architecture (toolkit.zoo).
+    model: str = "tiny"
+    input_size: int = 112
+    embedding_dim: int | None = None  # None: the zoo model's default
+    width: float = 1.0
+    activation: str = "relu"
+    # Margin head: ArcFace adds the margin to the angle, CosFace subtracts it from the cosine.
+    head: str = "arcface"
+    scale: float = 64.0
+    margin: float = 0.5
+    # Optimisation: linear warm-up then cosine decay to lr * final_lr_fraction.
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD only
+    warmup_epochs: float = 1.0
+    final_lr_fraction: float = 0.0
+    epochs: int = 10
+    batch_size: int = 64  # global batch, split across replicas
+    augment: bool = True
+    seed: int = 0
+    # Data: an identity-folder dataset, optionally a subset of identities ("s1-s30,s35");
+    # with no data the trainer synthesises faces into the run dir.
+    data: str | None = None
+    identities: str | None = None
+    crop: bool = False
+    synth_identities: int = 20
+    synth_images_per_identity: int = 10
+    # Batch-norm check: re-estimate the moving statistics when inference-mode accuracy on the training
+    # images falls more than this below training-mode accuracy.
+    bn_tolerance: float = 0.05
+    strategy: str = "default"
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.json
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.input_size >= 16, f"input_size must be >= 16, got {self.input_size}"),
+            (self.scale > 0, f"scale must be > 0, got {self.scale}"),
+            (0 <= self.margin < 1.5, f"margin must be in [0, 1.5), got {self.margin}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def with_overrides(self, **overrides) -> TrainConfig:
+        """A copy with the non-None overrides applied (and validated)."""
+        d = self.to_dict()
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return TrainConfig.from_dict(d)
+
+
+def load_recipe(path: str | os.PathLike) -> TrainConfig:
+    """Read a TOML recipe. Tables ([model], [optimizer], ...) only group keys: they are flattened."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe at {path}; recipes live in models/*.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        items = value.items() if isinstance(value, dict) and key != "extra" else [(key, value)]
+        for k, v in items:
+            if k in flat:
+                raise ValueError(f"{path}: key {k!r} is set twice")
+            flat[k] = v
+    try:
+        return TrainConfig.from_dict(flat)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` overrides; values are read as TOML literals, falling back to plain strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {pair!r} is not key=value")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+_RANGE = re.compile(r"^(.*?)(\d+)$")
+
+
+def parse_identities(spec: str) -> list[str]:
+    """Expand "s1-s30,s35,alice" into identity names (a range needs a shared prefix and numbers)."""
+    names: list[str] = []
+    for token in (t.strip() for t in spec.split(",")):
+        if not token:
+            continue
+        lo, sep, hi = token.partition("-")
+        m_lo, m_hi = _RANGE.match(lo), _RANGE.match(hi) if sep else None
+        if sep and m_lo and m_hi and m_lo.group(1) == m_hi.group(1):
+            a, b = int(m_lo.group(2)), int(m_hi.group(2))
+            if a > b:
+                raise ValueError(f"identity range {token!r} runs backwards")
+            # Zero-padded ranges (id000-id019) keep their padding.
+            width = len(m_lo.group(2)) if m_lo.group(2).startswith("0") else 0
+            names.extend(f"{m_lo.group(1)}{i:0{width}d}" for i in range(a, b + 1))
+        else:
+            names.append(token)
+    if not names:
+        raise ValueError(f"identity selection {spec!r} names no identities")
+    return names
