@@ -86,3 +86,24 @@ def test_two_workers_on_loopback_train_identical_weights(tmp_path):
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
              for a, b in zip(chief.trainable_weights, initial.trainable_weights, strict=True)]
     assert max(moved) > 1e-3
+
+
+def test_mirrored_strategy_trains_through_fit(tmp_path):
+    from toolkit.data import synthesize
+    from toolkit.train import train
+
+    data = synthesize(tmp_path / "faces", identities=3, images_per_identity=6, size=32, progress=False)
+    result = train(tiny_config(data, epochs=2, batch_size=6, strategy="mirrored"), tmp_path / "run",
+                   progress=False, log=lambda m: None)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["strategy"] == "mirrored" and config["resolved"]["replicas"] >= 1
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path, monkeypatch):
+    from toolkit.train import train
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        train(tiny_config(tmp_path, strategy="multi-worker"), tmp_path / "run", progress=False)

@@ -183,14 +183,15 @@ def test_cnn_beats_pixel_linear_classifier_on_synthetic_faces(tmp_path):
     from toolkit.modelfile import load_face_model
     from toolkit.train import train
 
-    root = synthesize(tmp_path / "faces", identities=10, images_per_identity=16, size=48, progress=False)
+    # 20 training images per person: the CNN learns invariances that a linear map of pixels cannot.
+    root = synthesize(tmp_path / "faces", identities=10, images_per_identity=24, size=48, progress=False)
     fs = load_identity_folders(root, image_size=48, progress=False)
     train_fs, test_fs = split_by_image(fs, test_per_identity=4, seed=0)
-    config = tiny_config(root, input_size=48, embedding_dim=64, epochs=25, batch_size=24)
+    config = tiny_config(root, input_size=48, embedding_dim=64, width=2.0, epochs=40, batch_size=20)
     result = train(config, tmp_path / "run", data=train_fs, progress=False, log=lambda m: None)
     model, _ = load_face_model(result.model_path)
     train_emb, test_emb = embed(model, train_fs.images), embed(model, test_fs.images)
     centres = np.stack([train_emb[train_fs.labels == c].mean(0) for c in range(len(train_fs.names))])
     cnn = float(np.mean(np.argmax(test_emb @ centres.T, axis=1) == test_fs.labels))
     pixels = pixel_linear_accuracy(train_fs, test_fs)
-    assert cnn > pixels + 0.1, (cnn, pixels)
+    assert cnn > pixels + 0.2, (cnn, pixels)  # measured: 0.75 against 0.375

@@ -290,7 +290,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
                             start_epoch, callbacks)
         else:
             training_model.fit(dataset, epochs=config.epochs, initial_epoch=start_epoch, callbacks=callbacks,
-                               verbose=0)
+                               verbose=0, shuffle=False)  # the pipeline shuffles
         train_seconds = time.perf_counter() - t0
 
     # Checks and the saved model use a plain (strategy-free) copy of the embedding network.

@@ -2,9 +2,11 @@
 
     python scripts/bench/export.py --json                 # untrained mobilefacenet, synthetic calibration
     python scripts/bench/export.py --model runs/x/model.keras --json
+    python scripts/bench/export.py --from-dir runs/x/export --json   # time files exported before
 
 Every (variant, role, batch, threads) interpreter is timed in the same run, interleaved round by round
-so that load from other processes falls on all of them alike; each number is the median over rounds.
+so that load from other processes falls on all of them alike; each number is the best (minimum) over
+rounds, since other processes only ever add time.
 Goals: int8 deploy <= 0.3x the float32 size and >= 2x faster at batch 1.
 """
 
@@ -31,7 +33,7 @@ ROLES = {"deploy": "deploy", "tap": "probe"}
 
 def timings(files: dict, batches: list[int], threads: list[int], rounds: dict[int, int], kernels: str,
             image_shape: tuple[int, ...], seed: int) -> dict[tuple, float]:
-    """Median milliseconds per invocation for every (variant, role, batch, threads)."""
+    """Best milliseconds per invocation for every (variant, role, batch, threads)."""
     from device.runtime import Runtime
 
     rng = np.random.default_rng(seed)
@@ -47,7 +49,7 @@ def timings(files: dict, batches: list[int], threads: list[int], rounds: dict[in
                 start = time.perf_counter()
                 rt.run(inputs[key[2]])
                 samples[key].append((time.perf_counter() - start) * 1000)
-    return {key: float(np.median(s)) for key, s in samples.items()}
+    return {key: float(np.min(s)) for key, s in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,40 +61,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=30, help="timed invocations at batch 1 (batch 32: a fifth)")
     p.add_argument("--calibration-size", type=int, default=200)
     p.add_argument("--out", help="folder to keep the exported files (default: a temporary one)")
+    p.add_argument("--from-dir", help="time the model.<variant>[.probe].tflite files already in this folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
     import keras
 
+    from device.manifest import load_manifest, manifest_path_for
     from toolkit.data import synthesize
-    from toolkit.export import export_keras
+    from toolkit.export import export_keras, file_name
     from toolkit.modelfile import load_face_model, save_face_model
     from toolkit.zoo import get_model
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
-            model, meta = load_face_model(args.model)
-            source = Path(args.model)
-        else:
-            keras.utils.set_random_seed(args.seed)
-            source = save_face_model(get_model("mobilefacenet", input_size=args.input_size),
-                                     Path(tmp) / "model.keras")
-            model, meta = load_face_model(source)
-        size = int(model.input_shape[1])
-        faces = synthesize(Path(tmp) / "faces", identities=20, images_per_identity=10, size=size,
-                           seed=args.seed, progress=False)
-        out = Path(args.out) if args.out else Path(tmp) / "export"
         t0 = time.perf_counter()
-        files = export_keras(model, meta, out, variants, calibration=faces,
-                             calibration_size=args.calibration_size, seed=args.seed, source=source)
+        if args.from_dir:
+            files = {v: {r: Path(args.from_dir) / file_name(v, r) for r in ROLES.values()} for v in variants}
+            manifest = load_manifest(manifest_path_for(files[variants[0]]["deploy"]))
+            name, trained, shape = manifest["model"], None, tuple(manifest["input"]["shape"][1:])
+        else:
+            if args.model:
+                model, meta = load_face_model(args.model)
+                source = Path(args.model)
+            else:
+                keras.utils.set_random_seed(args.seed)
+                source = save_face_model(get_model("mobilefacenet", input_size=args.input_size),
+                                         Path(tmp) / "model.keras")
+                model, meta = load_face_model(source)
+            shape = tuple(model.input_shape[1:])
+            faces = synthesize(Path(tmp) / "faces", identities=20, images_per_identity=10, size=shape[0],
+                               seed=args.seed, progress=False)
+            out = Path(args.out) if args.out else Path(tmp) / "export"
+            files = export_keras(model, meta, out, variants, calibration=faces,
+                                 calibration_size=args.calibration_size, seed=args.seed, source=source)
+            name, trained = meta.get("architecture", model.name), bool(args.model)
         export_s = time.perf_counter() - t0
         batches, threads = [1, 32], [1, 2]
         rounds = {1: args.rounds, 32: max(3, args.rounds // 5)}
-        ms = timings(files, batches, threads, rounds, args.kernels, tuple(model.input_shape[1:]), args.seed)
-        result = {"model": meta.get("architecture", model.name), "trained": bool(args.model),
-                  "input_size": size, "kernels": args.kernels, "export_seconds": round(export_s, 1),
+        ms = timings(files, batches, threads, rounds, args.kernels, shape, args.seed)
+        result = {"model": name, "trained": trained, "input_size": shape[0], "kernels": args.kernels,
+                  "export_seconds": None if args.from_dir else round(export_s, 1),
                   "rounds": {str(b): n for b, n in rounds.items()}, "variants": {}}
         from device.runtime import Runtime
 
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cols = ["deploy_bytes", "tap_bytes", "deploy_b1_ms", "tap_b1_ms", "deploy_b1_t2_ms", "deploy_b32_ms",
             "tap_b32_ms", "deploy_b32_t2_ms"]
-    print(f"{result['model']} {size}px, kernels={args.kernels}, export {export_s:.0f}s")
+    print(f"{result['model']} {shape[0]}px, kernels={args.kernels}, best of {rounds[1]} rounds (batch 1)")
     print(f"{'variant':<14}" + "".join(f"{c:>17}" for c in cols))
     for v, entry in result["variants"].items():
         print(f"{v:<14}" + "".join(f"{entry[c]:>17}" for c in cols))

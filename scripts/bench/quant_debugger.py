@@ -48,7 +48,8 @@ def quantized_output_tensors(content: bytes) -> dict[str, int]:
     return out
 
 
-def debugger_figures(probe_model, calibration: np.ndarray, images: np.ndarray, workdir: Path) -> dict[str, dict]:
+def debugger_figures(probe_model, calibration: np.ndarray, images: np.ndarray,
+                     workdir: Path) -> dict[str, dict]:
     """QuantizationDebugger's layer statistics for each signature output of ``probe_model``:
     {key: {"tensor", "scale", "mean_squared_error", "rmse_over_scale"}} (the tutorial's
     ``sqrt(mean_squared_error) / scale``); outputs without a NumericVerify op are left out."""
@@ -125,7 +126,8 @@ def summarize(rows: list[dict]) -> dict:
         raise RuntimeError("no tap output has a NumericVerify op in the debugger's model; nothing to compare")
     ratios = np.array([r["ratio"] for r in matched])
     deeper = ratios[1:] if matched[0] is rows[0] else ratios
-    scale_diff = [abs(r["debugger_scale"] / r["faceprobe_scale"] - 1) for r in matched if r["faceprobe_scale"]]
+    scale_diff = [abs(r["debugger_scale"] / r["faceprobe_scale"] - 1)
+                  for r in matched if r["faceprobe_scale"]]
     return {
         "first_tap": rows[0]["tap"],
         "first_tap_ratio": rows[0]["ratio"],
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['model']} {size}px, {result['images']} images, {result['calibration_images']} calibration")
+    print(f"{result['model']} {size}px, {result['images']} images, "
+          f"{result['calibration_images']} calibration images")
     print(f"{'tap':<22}{'faceprobe':>12}{'debugger':>12}{'ratio':>8}")
     for r in result["taps"]:
         fp, dbg, ratio = (f"{v:.4f}" if v is not None else "-" for v in

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         _, model = trainer.build_training_model(config, args.identities)
         trainer.compile_training_model(model, trainer.make_optimizer(config, config.epochs * steps, steps))
         timer = epoch_timer()
-        model.fit(ds, epochs=config.epochs, callbacks=[timer], verbose=0)
+        model.fit(ds, epochs=config.epochs, callbacks=[timer], verbose=0, shuffle=False)
         return timer.seconds
 
     def faceprobe_fit(tmp: Path, r: int) -> list[float]:

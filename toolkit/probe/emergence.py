@@ -54,7 +54,7 @@ class EmergenceCallback(keras.callbacks.Callback):
 
     def __init__(self, embedding_model: keras.Model, images_uint8: np.ndarray, every: int,
                  out_dir: str | os.PathLike, threshold: float = 0.9, channels_per_stage: int = 5,
-                 max_images: int = 4, steps: int = 20, step_size: float = 1.0, step_rule: str = "raw"):
+                 max_images: int = 2, steps: int = 20, step_size: float = 1.0, step_rule: str = "raw"):
         super().__init__()
         if int(every) < 1:
             raise ValueError(f"every must be a positive number of iterations, got {every!r}")
