@@ -25,10 +25,17 @@ from .levels import CHUNK, feature_level, feature_reference, identity_level, tap
 REPORT_SCHEMA = "faceprobe.check-report/1"
 
 
-def load_faces(data: str | os.PathLike | None, size: int, out: Path) -> tuple[FaceSet, str]:
-    """The faces the check runs on: a folder of identity folders, or synthetic faces written into ``out``."""
+def load_faces(data: str | os.PathLike | None, size: int, out: Path,
+               identities: str | None = None) -> tuple[FaceSet, str]:
+    """The faces the check runs on: a folder of identity folders (optionally only ``identities``, e.g.
+    "s31-s40"), or synthetic faces written into ``out``."""
     if data is not None:
-        return load_identity_folders(data, image_size=size, progress=False), str(data)
+        faces = load_identity_folders(data, image_size=size, progress=False)
+        if identities:
+            from ..training.config import parse_identities
+
+            return faces.select(parse_identities(identities)), f"{data} ({identities})"
+        return faces, str(data)
     folder = synthesize(out / "faces", identities=12, images_per_identity=6, size=size, seed=1,
                         progress=False)
     return load_identity_folders(folder, image_size=size, progress=False), "synthetic (12 x 6, seed 1)"
@@ -110,7 +117,9 @@ def run_check(
     out_dir: str | os.PathLike,
     variant: str = "int8",
     data: str | os.PathLike | None = None,
+    identities: str | None = None,
     calibration: str | os.PathLike | None = None,
+    calibration_identities: str | None = None,
     thresholds: str | os.PathLike | None = None,
     agents: list[str] = (),
     token: str | None = None,
@@ -140,8 +149,8 @@ def run_check(
     model, meta = load_face_model(model_path)
     size = int(model.input_shape[1])
     thresholds_used = load_thresholds(thresholds)
-    faces, source = load_faces(data, size, out)
-    calib_faces = (load_identity_folders(calibration, image_size=size, progress=False).images
+    faces, source = load_faces(data, size, out, identities)
+    calib_faces = (load_faces(calibration, size, out, calibration_identities)[0].images
                    if calibration else faces.images)
     bar.set_postfix_str("export")
     # The float32 TFLite is the feature level's reference; a taken variant is not exported again.
@@ -203,7 +212,8 @@ def run_check(
                   "input_shape": meta.get("input_shape")},
         "data": {"source": source, "images": int(len(faces.labels)), "identities": len(faces.names),
                  "pairs": int(len(pairs.issame)), "tap_sample": int(len(sample_idx)),
-                 "calibration": str(calibration) if calibration else "the check faces"},
+                 "calibration": (f"{calibration} ({calibration_identities or 'all'})" if calibration
+                                 else "the check faces")},
         "thresholds": thresholds_used,
         "exported": {v: {r: str(p) for r, p in roles.items()} for v, roles in exported.items()},
         "boards": [_public(b) for b in boards],

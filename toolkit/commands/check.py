@@ -23,8 +23,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder for the export, report.json and report.html")
     p.add_argument("--data", default=None, help="identity folders of faces to check on (best: people the "
                    "model never saw); default: synthetic faces")
+    p.add_argument("--identities", default=None, help="only these identities of --data, e.g. s31-s40")
     p.add_argument("--calibration", default=None, help="identity folders of training faces for int8 "
                    "calibration (default: the check faces)")
+    p.add_argument("--calibration-identities", default=None,
+                   help="only these identities of --calibration, e.g. s1-s30")
     p.add_argument("--thresholds", default=None, help="TOML file overriding models/check-thresholds.toml")
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to check on as well (repeat, or comma-separated)")
@@ -48,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from ..check.runner import run_check
 
     agents = [u.strip() for a in args.agent for u in a.split(",") if u.strip()]
-    report = run_check(args.model, args.out, variant=args.variant, data=args.data,
-                       calibration=args.calibration, thresholds=args.thresholds, agents=agents,
-                       token=args.token, sample=args.sample, feature_images=args.feature_images,
-                       features=not args.no_features, keep_float=args.keep_float, quantized=args.quantized,
-                       suggest=args.suggest,
-                       seed=args.seed, progress=not args.json)
+    report = run_check(
+        args.model, args.out, variant=args.variant, data=args.data, identities=args.identities,
+        calibration=args.calibration, calibration_identities=args.calibration_identities,
+        thresholds=args.thresholds, agents=agents, token=args.token, sample=args.sample,
+        feature_images=args.feature_images, features=not args.no_features, keep_float=args.keep_float,
+        quantized=args.quantized, suggest=args.suggest, seed=args.seed, progress=not args.json)
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))
