@@ -114,6 +114,7 @@ class _Batcher:
     def __init__(self, runtime, keys: list[str], max_batch: int):
         self.runtime, self.keys, self.max_batch = runtime, keys, max_batch
         self.invocations = 0
+        self.seconds = 0.0  # inside the interpreter: the floor an ascent step cannot go below
 
     def run(self, images: np.ndarray, directions: list[np.ndarray], rows: list[tuple[int, int, int, float]]
             ) -> dict[str, np.ndarray]:
@@ -127,7 +128,9 @@ class _Batcher:
             for b, (i, g, d, s) in enumerate(chunk):
                 batch[b] = images[i] if d < 0 else images[i] + s * directions[g][d]
             batch[len(chunk):] = batch[0]  # padding keeps one interpreter shape per step
+            started = time.perf_counter()
             out = self.runtime.run(batch)
+            self.seconds += time.perf_counter() - started
             self.invocations += 1
             for k in self.keys:
                 outputs[k].append(np.asarray(out[k])[:len(chunk)])
@@ -156,14 +159,14 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
     gradients = np.zeros((n, t_count, steps, k))
     step_norms = np.zeros((n, t_count, steps))
     ranges = np.zeros((n, t_count, steps + 1, 2))
-    invocations, evaluations, seconds = [], [], []
+    invocations, evaluations, seconds, interpreter = [], [], [], []
 
     for step in range(steps + 1):
-        started, before = time.perf_counter(), batcher.invocations
+        started, before, inside = time.perf_counter(), batcher.invocations, batcher.seconds
         last = step == steps  # the last pass only reads the final objective
         # This step's directions: a seeded rotation of each basis; scales set the peak pixel change.
         rotations, directions, scales = [], [], []
-        for b in basis_ids:
+        for b in basis_ids if not last else ():
             rot = random_rotation(rng, k)
             d = rot @ bases[b].astype(np.float64)
             rotations.append(rot)
@@ -213,6 +216,7 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
         invocations.append(batcher.invocations - before)
         evaluations.append(len(rows))
         seconds.append(time.perf_counter() - started)
+        interpreter.append(batcher.seconds - inside)
 
     meta = {
         "method": "finite-difference",
@@ -226,6 +230,7 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
         "invocations_per_step": invocations[:-1],
         "evaluations_per_step": evaluations[:-1],
         "seconds_per_step": seconds[:-1],
+        "interpreter_seconds_per_step": interpreter[:-1],
         "final_invocations": invocations[-1],
     }
     return ProbeResult(objective=objective, final_images=x, step_norms=step_norms, meta=meta,

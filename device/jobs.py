@@ -2,13 +2,15 @@
 
 Each model gets its own worker thread (started on its first job) that owns the model's interpreter,
 so jobs on different models run side by side while jobs on one model never share an interpreter.
-Results are written atomically to ``<results>/<job id>.npz``; job records live in memory.
+Results are written atomically to ``<results>/<job id>.npz``; job records live in memory, so the
+results folder is cleared at start-up, and only the newest ``keep`` finished jobs are kept.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -62,10 +64,12 @@ Executor = Callable[[str, str, bytes, dict], bytes]
 class JobQueue:
     """Per-model FIFO queues, each drained by its own worker thread."""
 
-    def __init__(self, results_dir: str | os.PathLike, execute: Executor):
+    def __init__(self, results_dir: str | os.PathLike, execute: Executor, keep: int = 1000):
         self.results_dir = Path(results_dir)
+        shutil.rmtree(self.results_dir, ignore_errors=True)  # results of jobs no record remembers
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self._execute = execute
+        self.keep = keep
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
@@ -75,6 +79,7 @@ class JobQueue:
             raise ValueError(f"job kind must be one of {KINDS}, got {kind!r}")
         job = Job(uuid.uuid4().hex, model_id, kind, plan)
         with self._lock:
+            self._forget_old()
             self._jobs[job.id] = job
             q = self._queues.get(model_id)
             if q is None:
@@ -93,6 +98,14 @@ class JobQueue:
     def list(self) -> list[Job]:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.submitted)
+
+    def _forget_old(self) -> None:
+        finished = sorted((j for j in self._jobs.values() if j.finished is not None),
+                          key=lambda j: j.finished)
+        for job in finished[:max(0, len(finished) - self.keep)]:
+            del self._jobs[job.id]
+            if job.result_path is not None:
+                job.result_path.unlink(missing_ok=True)
 
     def _work(self, model_id: str, q: queue.Queue) -> None:
         cache: dict = {}

@@ -2,7 +2,7 @@
 
 Schema ``faceprobe.manifest/1`` (JSON)::
 
-    schema, model, architecture, variant, role ("deploy" | "probe"), file, sha256, bytes, signature,
+    schema, model, architecture, variant, role ("deploy" | "probe"), file, sha256, bytes, source, signature,
     input:   {key, shape, dtype, scale, zero_point, quantization_step, normalization}
     outputs: [{key, kind ("embedding" | "tap"), tap, stage, channels, stride, receptive_field,
                shape, dtype, scale, zero_point, int8}]

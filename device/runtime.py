@@ -91,7 +91,11 @@ class Runtime:
         self.threads = threads
         self.delegate = delegate
         self.backend, self.backend_version, module = load_backend()
-        delegates = [module.load_delegate(delegate, delegate_options)] if delegate else None
+        try:
+            delegates = [module.load_delegate(delegate, delegate_options)] if delegate else None
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"external delegate {delegate} could not be loaded ({exc}); check the "
+                             "library path and its options") from exc
         try:
             self._interpreter = module.Interpreter(
                 model_content=content,
@@ -126,9 +130,13 @@ class Runtime:
         if set(outputs) != set(self._outputs):
             raise ManifestError(f"{where}: model outputs {sorted(outputs)}, manifest outputs "
                                 f"{sorted(self._outputs)}")
-        actual = np.dtype(inputs[self._input["key"]]["dtype"]).name
-        if actual != self._input["dtype"]:
-            raise ManifestError(f"{where}: model input is {actual}, manifest says {self._input['dtype']}")
+        declared = {k: o["dtype"] for k, o in self._outputs.items()}
+        declared[self._input["key"]] = self._input["dtype"]
+        for key, detail in {**inputs, **outputs}.items():
+            actual = np.dtype(detail["dtype"]).name
+            if actual != declared[key]:
+                raise ManifestError(f"{where}: {key!r} is {actual} in the model, "
+                                    f"{declared[key]} in the manifest")
 
     @property
     def output_keys(self) -> list[str]:

@@ -304,3 +304,36 @@ def test_kill_9_mid_upload_leaves_no_partial_model(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def test_job_queue_runs_in_order_and_forgets_the_oldest_results(tmp_path):
+    from device.jobs import JobQueue
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "stale.npz").write_bytes(b"from a previous run")
+    order = []
+
+    def execute(model_id: str, kind: str, plan: bytes, cache: dict) -> bytes:
+        cache["calls"] = cache.get("calls", 0) + 1
+        order.append(plan)
+        if plan == b"bad":
+            raise ValueError("plan says no")
+        return plan[::-1] + str(cache["calls"]).encode()
+
+    jobs = JobQueue(tmp_path / "results", execute, keep=2)
+    assert list((tmp_path / "results").iterdir()) == []
+    submitted = [jobs.submit("m" * 64, "ascent", p) for p in (b"abc", b"bad", b"xyz")]
+    deadline = time.monotonic() + 10
+    while any(j.finished is None for j in submitted) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert order == [b"abc", b"bad", b"xyz"]
+    assert [j.status for j in submitted] == ["done", "failed", "done"]
+    assert submitted[1].error == "ValueError: plan says no"
+    assert submitted[2].result_path.read_bytes() == b"zyx3"  # the worker's cache outlives a failed job
+    first_result = submitted[0].result_path
+    jobs.submit("m" * 64, "ascent", b"new")
+    with pytest.raises(KeyError, match="no job"):
+        jobs.get(submitted[0].id)
+    assert not first_result.exists() and jobs.get(submitted[2].id).status == "done"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        jobs.submit("m" * 64, "train", b"")

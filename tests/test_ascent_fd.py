@@ -110,6 +110,8 @@ def test_same_seed_same_perturbations_and_batching_does_not_change_the_estimate(
     assert a.meta["evaluations_per_step"] == [2 * (2 * k + 1), 4 * (2 * k + 1)]
     assert a.meta["invocations_per_step"] == [-(-2 * (2 * k + 1) // 64), -(-4 * (2 * k + 1) // 64)]
     assert small.meta["invocations_per_step"] == [-(-2 * (2 * k + 1) // 5), -(-4 * (2 * k + 1) // 5)]
+    for inside, total in zip(a.meta["interpreter_seconds_per_step"], a.meta["seconds_per_step"], strict=True):
+        assert 0 < inside < total
 
 
 def test_forward_scheme_and_unit_window_objective(tiny):

@@ -43,9 +43,9 @@ def test_every_tap_found_in_the_debugger_with_the_export_scales(result):
     # Same calibration sample and quantizer: the debugger's model carries the exported scales.
     assert s["max_scale_relative_difference"] < 1e-5
     for r in result["taps"]:
-        # Each quantized op at least rounds its output (1/sqrt(12) ~ 0.29 of a step); a wrong tensor or
-        # scale would land far from it.
-        assert 0.25 < r["debugger_rmse_over_scale"] < 1.0, r
+        # A layer's own error is of the order of its output rounding (1/sqrt(12) ~ 0.29 of a step); another
+        # tensor's statistics or scale would land an order of magnitude away.
+        assert 0.15 < r["debugger_rmse_over_scale"] < 1.0, r
 
 
 def test_first_tap_agrees(result):

@@ -31,24 +31,23 @@ def test_export_json_with_calibration_folder(model_path, tmp_path, capsys):
         for i in range(4):
             cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    code = cli.main(["export", str(model_path), "--variants", "float32,int8", "--out", str(out),
+    code = cli.main(["export", str(model_path), "--variants", "int8", "--out", str(out),
                      "--calibration", str(tmp_path / "faces"), "--calibration-size", "10",
                      "--keep-float", "stem/conv", "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)["variants"]
-    assert list(summary) == ["float32", "int8"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"model.{v}{r}.{ext}" for v in ("float32", "int8") for r in ("", ".probe")
-        for ext in ("tflite", "manifest.json"))
+    assert list(summary) == ["int8"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.int8.manifest.json", "model.int8.probe.manifest.json", "model.int8.probe.tflite",
+        "model.int8.tflite"]
     for variant in summary:
         for role in ("deploy", "probe"):
             entry = summary[variant][role]
             assert entry["bytes"] == (out / entry["file"].split("/")[-1]).stat().st_size
-    assert summary["float32"]["probe"]["verification"]["deploy_probe_cosine"] > 0.99999
+    assert summary["int8"]["probe"]["verification"]["deploy_probe_cosine"] >= verify.AGREEMENT_COSINE["int8"]
     manifest = json.loads((out / "model.int8.probe.manifest.json").read_text())
     assert manifest["converter"]["options"]["calibration_images"] == 10
     assert manifest["keep_float"] == ["stem/conv"]
-    assert json.loads((out / "model.float32.probe.manifest.json").read_text())["keep_float"] == []
 
 
 @pytest.mark.parametrize("args, message", [

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 def exported(trained, tmp_path_factory):
     model, path = trained
     out = tmp_path_factory.mktemp("export")
-    files = export_model(path, out, variants=VARIANTS, calibration=faces(64, 1), calibration_size=48)
+    files = export_model(path, out, variants=VARIANTS, calibration=faces(64, 1), calibration_size=16)
     return model, files
 
 
@@ -47,7 +47,7 @@ def kept(trained, tmp_path_factory):
     """int8 with one block kept in float and int8 input/output."""
     model, path = trained
     out = tmp_path_factory.mktemp("kept")
-    files = export_model(path, out, variants=["int8"], calibration=faces(64, 1), calibration_size=48,
+    files = export_model(path, out, variants=["int8"], calibration=faces(64, 1), calibration_size=16,
                          keep_float=["stage1/block1"], int8_io=True)
     return model, files
 
@@ -185,11 +185,9 @@ def test_keep_float_and_int8_io(kept, exported, images):
     out = rt.run(images)
     plain = Runtime(exported[1]["int8"]["probe"]).run(images)
 
-    def err(o, key):
-        return np.max(np.abs(o[key] - reference[key])) / np.max(np.abs(reference[key]))
-
-    # The kept block computes in float: its output no longer carries int8 rounding.
-    assert err(out, "stage1__block1") < err(plain, "stage1__block1")
+    # The kept block computes in float: its output is off the int8 grid (more than 256 distinct values).
+    assert len(np.unique(out["stage1__block1"])) > 256 >= len(np.unique(plain["stage1__block1"]))
+    assert len(np.unique(out["stem__conv"])) <= 256
     cos = np.sum(out["embedding"] * reference["embedding"], 1) / (
         np.linalg.norm(out["embedding"], axis=1) * np.linalg.norm(reference["embedding"], axis=1))
     assert cos.min() > 0.95

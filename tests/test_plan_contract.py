@@ -52,9 +52,10 @@ def test_window_centre_follows_the_target_unit():
                                                                                           "size": 3}
 
 
-@pytest.mark.parametrize("spec, field", [({"kind": "fft"}, "subspace.kind"), ({"kind": "dct"}, "subspace.size"),
-                                         ({"kind": "grid", "cells": 40}, "subspace.cells"),
-                                         ({"kind": "window", "size": 3, "center": [99, 0]}, "subspace.center")])
+@pytest.mark.parametrize("spec, field", [
+    ({"kind": "fft"}, "subspace.kind"), ({"kind": "dct"}, "subspace.size"),
+    ({"kind": "grid", "cells": 40}, "subspace.cells"),
+    ({"kind": "window", "size": 3, "center": [99, 0]}, "subspace.center")])
 def test_subspace_errors_name_the_field(spec, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         subspace.make_basis(spec, SHAPE)
@@ -123,5 +124,6 @@ def test_step_rules():
     assert new.min() >= norm.valid_range[0] and new.max() <= norm.valid_range[1]
     inside = np.abs(new) < norm.valid_range[1] - 1e-6  # unclipped pixels moved by exactly alpha*s*d/rms(d)
     scale = 2.0 * NORMALIZED_STEP_RMS / np.sqrt(np.mean(d.reshape(2, -1) ** 2, axis=1))
-    np.testing.assert_allclose((new - norm.images)[inside], (scale[:, None, None, None] * d)[inside], atol=1e-6)
+    expected = scale[:, None, None, None] * d
+    np.testing.assert_allclose((new - norm.images)[inside], expected[inside], atol=1e-6)
     assert np.all(rms <= 2.0 * NORMALIZED_STEP_RMS + 1e-6)

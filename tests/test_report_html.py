@@ -93,3 +93,20 @@ def test_probe_errors_are_clear(setup, capsys, argv, message):
 def test_report_on_a_directory_without_results(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no probe results" in capsys.readouterr().err
+
+
+def test_start_images_from_a_folder_or_files(setup):
+    from toolkit.probe.images import load_start_images
+
+    _, _, data = setup
+    images, origin = load_start_images([str(data / "p2")], 24, count=2, progress=False)
+    assert images.shape == (2, 24, 24, 3) and images.dtype == np.uint8 and "0.png, 1.png" in origin
+    files = [str(data / "p0" / "2.png"), str(data / "p1" / "0.png")]
+    images, _ = load_start_images(files, 24, count=4, progress=False)
+    expected = cv2.cvtColor(cv2.resize(cv2.imread(files[1]), (24, 24), interpolation=cv2.INTER_AREA),
+                            cv2.COLOR_BGR2RGB)
+    assert len(images) == 2 and np.abs(images[1].astype(int) - expected).max() <= 1
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_start_images([str(data / "nobody")], 24)
+    with pytest.raises(ValueError, match="--person needs"):
+        load_start_images([str(data / "p2")], 24, person="p2")

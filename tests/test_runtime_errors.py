@@ -31,7 +31,7 @@ def files(tmp_path_factory):
     rng = np.random.default_rng(0)
     cal = rng.integers(0, 256, (40, SIZE, SIZE, 3), dtype=np.uint8)
     return export_keras(model, meta, tmp_path_factory.mktemp("e"), ["float32", "int8"], calibration=cal,
-                        calibration_size=32)
+                        calibration_size=16)
 
 
 @pytest.fixture
@@ -187,6 +187,7 @@ def test_manifest_of_another_model_refused(files, tmp_path):
     (lambda m: m.pop("outputs"), "lacks outputs"),
     (lambda m: m.update(role="board"), "role"),
     (lambda m: m["outputs"][1].pop("channels"), "lacks channels"),
+    (lambda m: m["input"].update(dtype="int8"), "'image' is float32 in the model, int8 in the manifest"),
 ])
 def test_bad_manifest_refused(files, tmp_path, edit, message):
     path = copy_pair(files["float32"]["probe"], tmp_path)

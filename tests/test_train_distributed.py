@@ -88,7 +88,6 @@ def test_two_workers_on_loopback_train_identical_weights(tmp_path):
     assert max(moved) > 1e-3
 
 
-@pytest.mark.slow
 def test_mirrored_strategy_trains_through_fit(tmp_path):
     from toolkit.data import synthesize
     from toolkit.train import train

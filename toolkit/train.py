@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
     from .data import FaceSet
 
-__all__ = ["TrainConfig", "TrainResult", "build_training_model", "load_recipe", "load_training_data",
-           "make_optimizer", "make_strategy", "train", "training_dataset"]
+__all__ = ["TrainConfig", "TrainResult", "build_embedding", "build_training_model", "compile_training_model",
+           "load_recipe", "load_training_data", "make_optimizer", "make_strategy", "steps_per_epoch", "train",
+           "training_dataset"]
 
 # An extra callback, or a factory called with (embedding_model, train_set, run_dir) once the model exists.
 CallbackSpec = Any
@@ -36,6 +37,8 @@ CallbackSpec = Any
 
 @dataclass
 class TrainResult:
+    """What a `train` call did (also written to RUN_DIR/train.json)."""
+
     run_dir: str
     model_path: str
     epochs_completed: int

@@ -7,7 +7,10 @@ on the Keras model. Each row: cosine between the board's coefficients and B·g, 
 ascent step (``invocations_per_step``: 2k+1 central, k+1 forward, all batched), the interpreter calls
 they take at --max-batch, and the share ||B·g|| / ||g|| of the full gradient that the subspace captures.
 Timing: seconds per ascent step against the floor, the same interpreter calls on the same batch shapes
-with nothing else around them (``time_ratio_to_floor``, worst variant).
+with nothing else around them, measured in alternation with the ascent so that load from other
+processes hits both alike; ``time_ratio_to_floor`` is the ratio of the fastest step to the fastest
+floor (the least-disturbed measurement of each on a shared machine), worst variant. Also reported: the
+share of each step spent inside the interpreter, measured within the step itself.
 
     python scripts/bench/fd_ascent.py [--model run/model.keras] [--json]
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -76,10 +80,14 @@ def host_gradients(model, images: np.ndarray, targets: list[dict]) -> np.ndarray
     return np.stack(out, axis=1).astype(np.float64)
 
 
-def floor_seconds(runtime, rows: int, max_batch: int, repeats: int) -> float:
-    """Bare interpreter time of one step's calls: the batcher's chunk shape, nothing else."""
+def floor_seconds(runtime, image: np.ndarray, rows: int, max_batch: int, repeats: int) -> list[float]:
+    """Bare interpreter times of one step's calls (the batcher's chunk shape, nothing else), repeated.
+
+    The batch holds the start face, not zeros: int8 inference time depends on the data (zeros run
+    ~25 % faster here), so an all-zero floor would be too low.
+    """
     calls = -(-rows // max_batch)
-    batch = np.zeros((-(-rows // calls), *runtime.input_shape), np.float32)
+    batch = np.repeat(image[None], -(-rows // calls), axis=0)
     runtime.run(batch)
     times = []
     for _ in range(repeats):
@@ -87,69 +95,40 @@ def floor_seconds(runtime, rows: int, max_batch: int, repeats: int) -> float:
         for _ in range(calls):
             runtime.run(batch)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return times
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="trained model.keras (default: an untrained MobileFaceNet)")
-    p.add_argument("--data", default=str(DEFAULT_DATA),
-                   help="identity folders for start and calibration faces")
-    p.add_argument("--images", type=int, default=2, help="start faces (distinct identities)")
-    p.add_argument("--variants", default="float32,int8")
-    p.add_argument("--subspaces", default="dct:2,dct:3,dct:4:forward,dct:4,dct:8",
-                   help="kind:size[:scheme] list; k = size^2 * 3 evaluations 2k+1 (central) or k+1 (forward)")
-    p.add_argument("--epsilon-steps", type=float, default=16.0)
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--timing-subspace", default="dct:3", help="subspace of the timing run")
-    p.add_argument("--timing-steps", type=int, default=4)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args(argv)
+def log(message: str) -> None:
+    print(f"[fd_ascent] {message}", file=sys.stderr, flush=True)
 
-    import keras
 
+def choose_targets(model, images: np.ndarray) -> tuple[list[dict], list[str]]:
+    """One target per stage: its representative tap, the channel with the largest mean response."""
+    from toolkit.zoo import stage_taps, tap_key, tap_model
+
+    responses = tap_model(model)(images, training=False)
+    targets, stages = [], []
+    for stage, tap in stage_taps(model).items():
+        mean = np.asarray(responses[tap_key(tap.name)]).mean(axis=(0, 1, 2))
+        targets.append({"tap": tap.name, "channel": int(np.argmax(mean))})
+        stages.append(stage)
+    return targets, stages
+
+
+def accuracy_rows(args, model, images: np.ndarray, variants: list[str], files: dict) -> tuple[list, list]:
+    """Cosine of the board estimate to the projected autodiff gradient, per variant, subspace and stage."""
     from device import ascent, subspace
     from device.plan import ProbePlan
     from device.runtime import Runtime
-    from toolkit.data.normalize import DEFAULT_NORMALIZATION, normalize
-    from toolkit.export import export_keras
-    from toolkit.modelfile import load_face_model
-    from toolkit.zoo import get_model, stage_taps, tap_key, tap_model
 
-    keras.utils.set_random_seed(args.seed)
-    if args.model:
-        model, meta = load_face_model(args.model)
-        model_desc = f"trained: {Path(args.model).name}"
-    else:
-        model = get_model("mobilefacenet")
-        meta = {"normalization": DEFAULT_NORMALIZATION, "architecture": "mobilefacenet"}
-        model_desc = f"untrained mobilefacenet (seed {args.seed})"
-    size = int(model.input_shape[1])
-    faces, calibration = load_faces(Path(args.data), args.images, 200, size)
-    images = normalize(faces)
-    variants = [v for v in args.variants.split(",") if v]
-
-    t0 = time.perf_counter()
-    out_dir = Path(tempfile.mkdtemp(prefix="fd-ascent-"))
-    files = export_keras(model, meta, out_dir, variants=variants, calibration=calibration)
-    export_s = time.perf_counter() - t0
-
-    stages = stage_taps(model)
-    responses = tap_model(model)(images, training=False)
-    targets, stage_names = [], []
-    for stage, tap in stages.items():
-        mean = np.asarray(responses[tap_key(tap.name)]).mean(axis=(0, 1, 2))
-        targets.append({"tap": tap.name, "channel": int(np.argmax(mean))})
-        stage_names.append(stage)
+    targets, stage_names = choose_targets(model, images)
     grads = host_gradients(model, images, targets)
     flat = grads.reshape(*grads.shape[:2], -1)
-
     rows = []
     for variant in variants:
         runtime = Runtime(files[variant]["probe"], threads=args.threads)
         for text in args.subspaces.split(","):
+            log(f"{variant} {text}")
             spec, scheme = parse_subspace(text)
             plan = ProbePlan(targets=targets, images=images, steps=1, subspace=spec,
                              finite_difference={"epsilon_steps": args.epsilon_steps, "scheme": scheme,
@@ -169,62 +148,143 @@ def main(argv: list[str] | None = None) -> int:
                              "interpreter_calls_per_step": -(-per_ascent // args.max_batch),
                              "cosine": float(cos[:, j].mean()), "cosine_min": float(cos[:, j].min()),
                              "captured_share": float(share[:, j].mean())})
+    return rows, [{**t, "stage": s} for t, s in zip(targets, stage_names, strict=True)]
 
-    timing = {}
+
+def timing_rows(args, images: np.ndarray, variants: list[str], files: dict, target: dict) -> dict:
+    """Seconds per ascent step vs the same bare interpreter calls, alternated ``--timing-repeats`` times."""
+    from device import ascent
+    from device.plan import ProbePlan
+    from device.runtime import Runtime
+
     spec, scheme = parse_subspace(args.timing_subspace)
+    plan = ProbePlan(targets=[target], images=images[:1], steps=args.timing_steps, subspace=spec,
+                     finite_difference={"epsilon_steps": args.epsilon_steps, "scheme": scheme})
+    timing = {}
     for variant in variants:
+        log(f"timing {variant}")
         runtime = Runtime(files[variant]["probe"], threads=args.threads)
-        middle = targets[stage_names.index("middle")]
-        plan = ProbePlan(targets=[middle], images=images[:1], steps=args.timing_steps, subspace=spec,
-                         finite_difference={"epsilon_steps": args.epsilon_steps, "scheme": scheme})
-        ascent.run_plan(runtime, plan, max_batch=args.max_batch)  # warm-up: allocations at this batch size
-        result = ascent.run_plan(runtime, plan, max_batch=args.max_batch)
-        step_s = float(np.median(result.meta["seconds_per_step"]))
-        rows_per_step = result.meta["evaluations_per_step"][0]
-        floor = floor_seconds(runtime, rows_per_step, args.max_batch, repeats=args.timing_steps)
-        timing[variant] = {"subspace": args.timing_subspace, "evaluations_per_step": rows_per_step,
-                           "interpreter_calls_per_step": result.meta["invocations_per_step"][0],
-                           "step_seconds": step_s, "floor_seconds": floor, "ratio": step_s / floor}
+        ascent.run_plan(runtime, plan, max_batch=args.max_batch)  # warm-up at these batch shapes
+        steps, floors, inside = [], [], []
+        for _ in range(args.timing_repeats):
+            meta = ascent.run_plan(runtime, plan, max_batch=args.max_batch).meta
+            # Step 0 also resizes the interpreter back from the previous run's last pass.
+            steps += meta["seconds_per_step"][1:] or meta["seconds_per_step"]
+            inside += [i / s for i, s in zip(meta["interpreter_seconds_per_step"], meta["seconds_per_step"],
+                                             strict=True)]
+            floors += floor_seconds(runtime, images[0], meta["evaluations_per_step"][0], args.max_batch,
+                                    args.timing_steps)
+        timing[variant] = {"subspace": args.timing_subspace,
+                           "evaluations_per_step": meta["evaluations_per_step"][0],
+                           "interpreter_calls_per_step": meta["invocations_per_step"][0],
+                           "step_seconds": min(steps), "floor_seconds": min(floors),
+                           "ratio": min(steps) / min(floors),
+                           "median_ratio": float(np.median(steps) / np.median(floors)),
+                           "interpreter_share_of_step": float(np.median(inside))}
+    return timing
 
-    goal_rows = [r for r in rows
-                 if r["stage"] in ("first", "middle") and r["invocations_per_step"] <= GOAL_EVALUATIONS]
-    best = {}
-    for r in goal_rows:
-        key = (r["variant"], r["stage"])
-        best[key] = max(best.get(key, -1.0), r["cosine"])
+
+def goals(rows: list[dict], timing: dict) -> dict:
+    best: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r["stage"] in ("first", "middle") and r["invocations_per_step"] <= GOAL_EVALUATIONS:
+            key = (r["variant"], r["stage"])
+            best[key] = max(best.get(key, -1.0), r["cosine"])
+    worst = max(t["ratio"] for t in timing.values())
+    return {"cosine_at_most_64_evaluations": {f"{v}/{s}": {"best": c, "goal": GOALS[v], "met": c >= GOALS[v]}
+                                              for (v, s), c in best.items()},
+            "time_ratio_to_floor": {"goal": GOAL_TIME_RATIO, "worst": worst, "met": worst <= GOAL_TIME_RATIO}}
+
+
+def print_table(report: dict) -> None:
+    print(f"model: {report['model']}; {report['images']} faces; "
+          f"epsilon {report['epsilon_steps']} input steps")
+    print(f"{'variant':8} {'stage':7} {'subspace':14} {'k':>4} {'evals':>6} {'calls':>5} {'cosine':>8} "
+          f"{'min':>8} {'captured':>9}")
+    for r in report["rows"]:
+        print(f"{r['variant']:8} {r['stage']:7} {r['subspace']:14} {r['k']:4d} "
+              f"{r['invocations_per_step']:6d} {r['interpreter_calls_per_step']:5d} {r['cosine']:8.4f} "
+              f"{r['cosine_min']:8.4f} {r['captured_share']:9.4f}")
+    for v, t in report["timing"].items():
+        print(f"time {v}: {t['step_seconds'] * 1e3:.1f} ms/step vs floor {t['floor_seconds'] * 1e3:.1f} ms "
+              f"({t['ratio']:.2f}x; {t['interpreter_share_of_step']:.0%} of a step in the interpreter) for "
+              f"{t['evaluations_per_step']} evaluations in {t['interpreter_calls_per_step']} calls")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="trained model.keras (default: an untrained MobileFaceNet)")
+    p.add_argument("--data", default=str(DEFAULT_DATA),
+                   help="identity folders for start and calibration faces")
+    p.add_argument("--images", type=int, default=2, help="start faces (distinct identities)")
+    p.add_argument("--variants", default="float32,int8")
+    p.add_argument("--subspaces", default="dct:2,dct:3,dct:4:forward,dct:4,dct:8",
+                   help="kind:size[:scheme] list; k = size^2 * 3 evaluations 2k+1 (central) or k+1 (forward)")
+    p.add_argument("--epsilon-steps", type=float, default=16.0)
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--timing-subspace", default="dct:3", help="subspace of the timing run")
+    p.add_argument("--timing-steps", type=int, default=3, help="ascent steps per timing repeat")
+    p.add_argument("--timing-repeats", type=int, default=4, help="alternations of ascent and floor")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export-dir", help="export here and keep it (reused when it holds the variants)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+
+    import keras
+
+    from device.runtime import Runtime
+    from toolkit.data.normalize import DEFAULT_NORMALIZATION, normalize
+    from toolkit.export import export_keras, file_name
+    from toolkit.modelfile import load_face_model
+    from toolkit.zoo import get_model
+
+    keras.utils.set_random_seed(args.seed)
+    if args.model:
+        model, meta = load_face_model(args.model)
+        model_desc = f"trained: {Path(args.model).name}"
+    else:
+        model = get_model("mobilefacenet")
+        meta = {"normalization": DEFAULT_NORMALIZATION, "architecture": "mobilefacenet"}
+        model_desc = f"untrained mobilefacenet (seed {args.seed})"
+    faces, calibration = load_faces(Path(args.data), args.images, 200, int(model.input_shape[1]))
+    images = normalize(faces)
+    variants = [v for v in args.variants.split(",") if v]
+
+    log(f"exporting {', '.join(variants)} (unless --export-dir holds them)")
+    t0 = time.perf_counter()
+    out_dir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="fd-ascent-"))
+    try:
+        files = {v: {"probe": out_dir / file_name(v, "probe")} for v in variants}
+        if not all(f["probe"].is_file() for f in files.values()):
+            files = export_keras(model, meta, out_dir, variants=variants, calibration=calibration)
+        export_s = time.perf_counter() - t0
+        rows, targets = accuracy_rows(args, model, images, variants, files)
+        middle = next(t for t in targets if t["stage"] == "middle")
+        middle = {"tap": middle["tap"], "channel": middle["channel"]}
+        timing = timing_rows(args, images, variants, files, middle)
+        runtime_info = Runtime(files[variants[0]]["probe"], threads=args.threads).info()
+    finally:
+        if not args.export_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
     report = {
         "model": model_desc,
-        "image_size": size,
+        "image_size": int(model.input_shape[1]),
         "images": args.images,
-        "targets": [{**t, "stage": s} for t, s in zip(targets, stage_names, strict=True)],
+        "targets": targets,
         "epsilon_steps": args.epsilon_steps,
         "max_batch": args.max_batch,
-        "runtime": Runtime(files[variants[0]]["probe"]).info(),
+        "runtime": runtime_info,
         "export_seconds": export_s,
         "rows": rows,
         "timing": timing,
         "time_ratio_to_floor": max(t["ratio"] for t in timing.values()),
-        "goals": {
-            "cosine_at_most_64_evaluations": {f"{v}/{s}": {"best": c, "goal": GOALS[v], "met": c >= GOALS[v]}
-                                              for (v, s), c in best.items()},
-            "time_ratio_to_floor": {"goal": GOAL_TIME_RATIO,
-                                    "met": max(t["ratio"] for t in timing.values()) <= GOAL_TIME_RATIO},
-        },
+        "goals": goals(rows, timing),
     }
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print(f"model: {model_desc}; {args.images} faces; epsilon {args.epsilon_steps} input steps")
-    print(f"{'variant':8} {'stage':7} {'subspace':14} {'k':>4} {'evals':>6} {'calls':>5} {'cosine':>8} "
-          f"{'min':>8} {'captured':>9}")
-    for r in rows:
-        print(f"{r['variant']:8} {r['stage']:7} {r['subspace']:14} {r['k']:4d} "
-              f"{r['invocations_per_step']:6d} {r['interpreter_calls_per_step']:5d} {r['cosine']:8.4f} "
-              f"{r['cosine_min']:8.4f} {r['captured_share']:9.4f}")
-    for v, t in timing.items():
-        print(f"time {v}: {t['step_seconds'] * 1e3:.1f} ms/step vs floor {t['floor_seconds'] * 1e3:.1f} ms "
-              f"({t['ratio']:.2f}x) for {t['evaluations_per_step']} evaluations in "
-              f"{t['interpreter_calls_per_step']} calls")
+    else:
+        print_table(report)
     return 0
 
 

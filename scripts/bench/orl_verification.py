@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.train import load_recipe, train
     from toolkit.training.config import parse_identities, parse_set
 
-    config = load_recipe(args.recipe).with_overrides(epochs=args.epochs, identities=None, data=args.data,
-                                                     **parse_set(args.set))
+    overrides = parse_set(args.set)
+    config = load_recipe(args.recipe).with_overrides(epochs=args.epochs, data=args.data, **overrides)
     fs = load_identity_folders(args.data, image_size=config.input_size, progress=not args.json)
     train_fs = fs.select(parse_identities(args.train_identities))
     eval_fs = fs.select(parse_identities(args.eval_identities))

@@ -10,7 +10,8 @@ the debugger's NumericVerify ops compare each quantized op with its float op run
 quantized inputs (a local, per-layer error), faceprobe compares float Keras run from the input with the
 quantized interpreter (end to end). They should agree at the first tap, whose float op the debugger feeds
 the float input itself, and faceprobe's should be at least the debugger's deeper down, where the error
-of the layers before adds to the layer's own. ``ratio`` is faceprobe / debugger.
+of the layers before adds to the layer's own. ``ratio`` is faceprobe / debugger; ``tensor`` is the tap's
+output in the exported probe model, ``debugger_tensor`` the int8 tensor the debugger verified for it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +33,21 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def quantized_output_tensors(content: bytes) -> dict[str, int]:
-    """Signature output key -> index of the int8 tensor the output dequantizes (the output's own index
+def quantized_output_tensors(content: bytes) -> dict[str, tuple[int, str]]:
+    """Signature output key -> (index, name) of the int8 tensor the output dequantizes (the output itself
     when it is not a DEQUANTIZE result)."""
-    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = tf.lite.Interpreter(
-        model_content=content,
-        # Without delegates: DELEGATE nodes would claim the tensors their subgraphs produce.
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    # Without delegates: DELEGATE nodes would claim the tensors their subgraphs produce.
+    it = Interpreter(model_content=content,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
     producers = {t: op for op in it._get_ops_details() for t in op["outputs"]}
     out = {}
     for key, detail in it.get_signature_runner().get_output_details().items():
         op = producers.get(detail["index"])
-        out[key] = int(op["inputs"][0]) if op and op["op_name"] == "DEQUANTIZE" else int(detail["index"])
+        index = int(op["inputs"][0]) if op and op["op_name"] == "DEQUANTIZE" else int(detail["index"])
+        out[key] = (index, names[index])
     return out
 
 
@@ -64,20 +67,23 @@ def debugger_figures(probe_model, calibration: np.ndarray, images: np.ndarray,
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative(calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
-                                                         debug_dataset=representative(images))
-    debugger.run()
+    with warnings.catch_warnings():
+        # The debugger runs its model in tf.lite.Interpreter, which warns of its own deprecation.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                             debug_dataset=representative(images))
+        debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     dump.seek(0)
     by_tensor = {int(row["tensor_idx"]): row for row in csv.DictReader(dump)}
     figures = {}
-    for key, index in quantized_output_tensors(debugger.quant_model).items():
+    for key, (index, name) in quantized_output_tensors(debugger.quant_model).items():
         row = by_tensor.get(index)
         if row is None:
             continue
         scale, mse = float(row["scale"]), float(row["mean_squared_error"])
-        figures[key] = {"tensor": row["tensor_name"], "scale": scale, "mean_squared_error": mse,
+        figures[key] = {"tensor": name, "scale": scale, "mean_squared_error": mse,
                         "rmse_over_scale": float(np.sqrt(mse) / scale)}
     return figures
 
@@ -90,6 +96,7 @@ def cross_check(model, meta: dict, source: Path, faces: np.ndarray, n_images: in
     from toolkit.check.levels import tap_level, tap_scales
     from toolkit.data import normalize
     from toolkit.export import calibration_sample, export_keras
+    from toolkit.export.graph import output_tensor_names
     from toolkit.zoo import tap_key, tap_model
 
     norm = meta["normalization"]
@@ -106,11 +113,14 @@ def cross_check(model, meta: dict, source: Path, faces: np.ndarray, n_images: in
     scales = tap_scales(load_manifest(manifest_path_for(probe)))
     ours = tap_level(model, board, images, scales)
     theirs = debugger_figures(tap_model(model), calibration, images, workdir)
+    exported = output_tensor_names(probe.read_bytes())
     rows = []
     for r in ours:
-        d = theirs.get(tap_key(r["tap"]))
+        key = tap_key(r["tap"])
+        d = theirs.get(key)
         fp, dbg = r["rmse_over_scale"], d["rmse_over_scale"] if d else None
-        rows.append({"tap": r["tap"], "stage": r["stage"], "tensor": d["tensor"] if d else None,
+        rows.append({"tap": r["tap"], "stage": r["stage"], "tensor": exported[key],
+                     "debugger_tensor": d["tensor"] if d else None,
                      "faceprobe_scale": scales.get(r["tap"]), "debugger_scale": d["scale"] if d else None,
                      "faceprobe_rmse_over_scale": fp, "debugger_rmse_over_scale": dbg,
                      "ratio": fp / dbg if fp is not None and dbg else None})

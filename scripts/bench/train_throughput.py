@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default=str(ROOT / "models" / "mobilefacenet-orl.toml"))
     p.add_argument("--images", type=int, default=384, help="training images per epoch")
     p.add_argument("--identities", type=int, default=24)
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is not timed")
-    p.add_argument("--rounds", type=int, default=2, help="alternating plain/faceprobe rounds")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not timed")
+    p.add_argument("--rounds", type=int, default=3, help="alternating plain/faceprobe rounds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.data import FaceSet
     from toolkit.training.config import parse_set
 
-    config = trainer.load_recipe(args.recipe).with_overrides(epochs=args.epochs, data=None, identities=None,
-                                                             **parse_set(args.set))
+    config = trainer.load_recipe(args.recipe).with_overrides(epochs=args.epochs, **parse_set(args.set))
     rng = np.random.default_rng(0)
     size = config.input_size
     labels = np.arange(args.images) % args.identities

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+
+from device.cli import TOKEN_ENV
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--thresholds", default=None, help="TOML file overriding models/check-thresholds.toml")
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to check on as well (repeat, or comma-separated)")
-    p.add_argument("--token", default=None, help="bearer token of the agents")
+    p.add_argument("--token", default=None, help=f"bearer token of the agents (default: ${TOKEN_ENV})")
     p.add_argument("--sample", type=int, default=32, help="faces used for the tap comparison (default 32)")
     p.add_argument("--feature-images", type=int, default=1,
                    help="start images of the feature comparison (default 1)")
@@ -54,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
     report = run_check(
         args.model, args.out, variant=args.variant, data=args.data, identities=args.identities,
         calibration=args.calibration, calibration_identities=args.calibration_identities,
-        thresholds=args.thresholds, agents=agents, token=args.token, sample=args.sample,
-        feature_images=args.feature_images, features=not args.no_features, keep_float=args.keep_float,
-        quantized=args.quantized, suggest=args.suggest, seed=args.seed, progress=not args.json)
+        thresholds=args.thresholds, agents=agents, token=args.token or os.environ.get(TOKEN_ENV),
+        sample=args.sample, feature_images=args.feature_images, features=not args.no_features,
+        keep_float=args.keep_float, quantized=args.quantized, suggest=args.suggest, seed=args.seed,
+        progress=not args.json)
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))

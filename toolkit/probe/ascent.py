@@ -3,7 +3,7 @@
 Every (image, target) pair of a plan is one row of one batch. Targets are grouped by tap and each group
 leaves the forward pass at its own tap (``MultiExit``), so a first-stage target costs only the stem. The
 whole loop is one ``tf.function`` traced once (no XLA: it is slower for this on CPU). In a subspace the
-ascent follows the exact projection B·Bᵀ of the autodiff gradient and records the coefficients B·g.
+ascent follows the exact projection Bᵀ(B·g) of the autodiff gradient g and records the coefficients B·g.
 """
 
 from __future__ import annotations

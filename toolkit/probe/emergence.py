@@ -4,7 +4,8 @@
 ``every`` training iterations (batches), saving each snapshot's changes (final - start image). At the end
 of training, per stage, it correlates every snapshot's visualisation (the stage's changes, concatenated)
 with the final one (Pearson) and records the first iteration from which the correlation stays at or above
-``threshold`` for every later snapshot: the stage's emergence iteration. The method reports about
+``threshold`` for every later snapshot: the stage's emergence iteration (None when no snapshot before the
+final one qualifies). The method reports about
 20 / 100 / 200 iterations for the first / middle / last stage.
 """
 
@@ -40,9 +41,10 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def stable_from(iterations: list[int], correlations: list[float], threshold: float) -> int | None:
-    """First iteration from which every later correlation is >= threshold (None if the last fails)."""
+    """First iteration from which every later correlation is >= threshold; None when only the final
+    snapshot (correlated with itself) qualifies, i.e. the stage had not settled before the end."""
     first = None
-    for it, c in zip(reversed(iterations), reversed(correlations), strict=True):
+    for it, c in zip(reversed(iterations[:-1]), reversed(correlations[:-1]), strict=True):
         if c < threshold:
             break
         first = it

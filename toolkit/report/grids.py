@@ -4,7 +4,7 @@ Pixel values are shown three ways, each scaled so a pattern is visible whatever 
   result   the ascent's final image, stretched from its own min..max to 0..255 (raw ascents leave the
            valid pixel range, so a plain denormalisation would saturate);
   change   final - start, mid-grey = no change, stretched symmetrically by its largest |value|;
-  map      a channel's pre-activation map, stretched min..max into a colour map.
+  map      a channel's pre-activation map, stretched over its 1st..99th percentile into a colour map.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ HEADER = 26
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def stretch(image: np.ndarray) -> np.ndarray:
-    """Min..max of one image -> uint8 0..255 (constant images become mid-grey)."""
+def stretch(image: np.ndarray, percentile: float = 0.0) -> np.ndarray:
+    """The ``percentile``..(100 - ``percentile``) range of one image -> uint8 0..255, clipped (constant
+    images become mid-grey). A small percentile keeps a few extreme values from flattening the rest."""
     x = np.asarray(image, np.float64)
-    lo, hi = x.min(), x.max()
+    lo, hi = np.percentile(x, [percentile, 100 - percentile])
     if hi - lo < 1e-12:
         return np.full(x.shape, 128, np.uint8)
-    return np.round(255 * (x - lo) / (hi - lo)).astype(np.uint8)
+    return np.round(255 * np.clip((x - lo) / (hi - lo), 0, 1)).astype(np.uint8)
 
 
 def signed(delta: np.ndarray) -> np.ndarray:
@@ -43,8 +44,8 @@ def signed(delta: np.ndarray) -> np.ndarray:
 
 
 def heat(feature_map: np.ndarray) -> np.ndarray:
-    """A 2-D map -> RGB uint8 through the viridis colour map, stretched min..max."""
-    bgr = cv2.applyColorMap(stretch(feature_map), cv2.COLORMAP_VIRIDIS)
+    """A 2-D map -> RGB uint8 through the viridis colour map, stretched over its 1st..99th percentile."""
+    bgr = cv2.applyColorMap(stretch(feature_map, 1.0), cv2.COLORMAP_VIRIDIS)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -133,7 +133,7 @@ def render(run_dir: str | os.PathLike) -> Path:
     parts = [f"<h1>faceprobe probe: {html.escape(findings.get('model', ''))}</h1>", _settings(plan, result),
              f"<p>Channels: {html.escape(findings.get('channel_rule', ''))}</p>",
              "<h2>What each stage captures</h2>",
-             "<p>frequency_centroid: radial spatial-frequency centroid of the change (fraction of Nyquist); "
+             "<p>frequency_centroid: radial spatial-frequency centroid of the change (1 = Nyquist); "
              "colour_share: share of the change's energy in colour; objective_ratio: final / start "
              "objective; step RMS and final image range in normalised units (valid range about [-1, 1]).</p>",
              _table(_by_stage(findings["stages"]), STAGE_KEYS)]

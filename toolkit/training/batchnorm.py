@@ -95,6 +95,10 @@ def check_batchnorm(model, centres: np.ndarray, images: np.ndarray, labels: np.n
 
     The re-estimated statistics are kept only if they raise inference-mode accuracy.
     """
+    # Mixed batches, as in training: datasets come sorted by identity, and single-identity batches
+    # would give training mode (and the re-estimate) unrepresentative statistics.
+    order = np.random.default_rng(0).permutation(len(images))
+    images, labels = images[order], np.asarray(labels)[order]
     train_acc = closed_set_accuracy(model, centres, images, labels, training=True, batch_size=batch_size)
     infer_acc = closed_set_accuracy(model, centres, images, labels, training=False, batch_size=batch_size)
     report = {"training_mode_accuracy": train_acc, "inference_accuracy": infer_acc,
