@@ -112,3 +112,23 @@ def test_roc_plot_and_table(tmp_path):
     res["rank1"] = 0.5
     table = evaluate.format_table(res)
     assert "verification accuracy" in table and "TAR @ FAR 1e-01" in table and "rank-1" in table
+
+
+def test_flip_tta_embedding_is_mirror_invariant():
+    from toolkit.data import normalize
+    from toolkit.zoo import get_model
+
+    model = get_model("tiny", input_size=32, embedding_dim=16)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    mirrored = images[:, :, ::-1]
+    plain, plain_m = evaluate.embed(model, images), evaluate.embed(model, mirrored)
+    tta, tta_m = evaluate.embed(model, images, flip=True), evaluate.embed(model, mirrored, flip=True)
+    # A random network is not mirror-symmetric, so without the flip the embeddings differ...
+    assert np.abs(plain - plain_m).max() > 1e-3
+    # ...with it, an image and its mirror give one unit embedding: the direction of the summed raw outputs.
+    np.testing.assert_allclose(tta, tta_m, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(tta, axis=1), 1.0, atol=1e-9)
+    raw = [np.asarray(model(normalize(x), training=False), np.float64) for x in (images, mirrored.copy())]
+    both = raw[0] + raw[1]
+    np.testing.assert_allclose(tta, both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-5)

@@ -29,8 +29,12 @@ def far_key(far: float) -> str:
 
 
 def embed(model: keras.Model, images_uint8: np.ndarray, batch_size: int = 64,
-          normalization: dict | None = None) -> np.ndarray:
-    """L2-normalised embeddings of uint8 (N,H,W,3) images, computed in inference mode."""
+          normalization: dict | None = None, flip: bool = False) -> np.ndarray:
+    """L2-normalised embeddings of uint8 (N,H,W,3) images, computed in inference mode.
+
+    With ``flip`` each embedding is the sum of those of the image and its mirror image (flip test-time
+    augmentation, as in the LFW protocol), so it no longer depends on which way the face was mirrored.
+    """
     images = np.asarray(images_uint8)
     want = tuple(model.input_shape[1:])
     if images.ndim != 4 or tuple(images.shape[1:]) != want:
@@ -41,8 +45,11 @@ def embed(model: keras.Model, images_uint8: np.ndarray, batch_size: int = 64,
     out = []
     for start in range(0, len(images), batch_size):
         batch = normalize(images[start:start + batch_size], normalization)
-        out.append(np.asarray(model(batch, training=False)))
-    emb = np.concatenate(out).astype(np.float64)
+        e = np.asarray(model(batch, training=False), np.float64)
+        if flip:
+            e += np.asarray(model(np.ascontiguousarray(batch[:, :, ::-1]), training=False), np.float64)
+        out.append(e)
+    emb = np.concatenate(out)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return emb
 
@@ -167,17 +174,21 @@ def rank1_accuracy(embeddings: np.ndarray, labels: np.ndarray) -> float | None:
 
 def evaluate_model(model: keras.Model, faceset: FaceSet, pairs: Pairs | None = None, n_folds: int = 10,
                    seed: int = 0, normalization: dict | None = None, batch_size: int = 64,
-                   roc_png: str | os.PathLike | None = None) -> dict:
-    """Verification metrics on ``pairs`` (made from the labels when None) plus rank-1 identification."""
+                   roc_png: str | os.PathLike | None = None, flip: bool = False) -> dict:
+    """Verification metrics on ``pairs`` (made from the labels when None) plus rank-1 identification.
+
+    ``flip`` scores flip test-time-augmented embeddings (see `embed`); the result records it as ``flip_tta``.
+    """
     from .data import make_pairs
 
     if pairs is None:
         pairs = make_pairs(faceset.labels, n_folds=n_folds, seed=seed)
-    emb = embed(model, faceset.images, batch_size=batch_size, normalization=normalization)
+    emb = embed(model, faceset.images, batch_size=batch_size, normalization=normalization, flip=flip)
     scores = pair_scores(emb, pairs.left, pairs.right)
     issame = np.asarray(pairs.issame, bool)
     result = verification_metrics(scores, issame, pairs.fold)
     result["rank1"] = rank1_accuracy(emb, faceset.labels)
+    result["flip_tta"] = bool(flip)
     result["identities"] = len(faceset.names)
     result["images"] = int(len(faceset.labels))
     if roc_png is not None:

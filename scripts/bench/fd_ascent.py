@@ -7,10 +7,9 @@ on the Keras model. Each row: cosine between the board's coefficients and B·g, 
 ascent step (``invocations_per_step``: 2k+1 central, k+1 forward, all batched), the interpreter calls
 they take at --max-batch, and the share ||B·g|| / ||g|| of the full gradient that the subspace captures.
 Timing: seconds per ascent step against the floor, the same interpreter calls on the same batch shapes
-with nothing else around them, measured in alternation with the ascent so that load from other
-processes hits both alike; ``time_ratio_to_floor`` is the ratio of the fastest step to the fastest
-floor (the least-disturbed measurement of each on a shared machine), worst variant. Also reported: the
-share of each step spent inside the interpreter, measured within the step itself.
+with nothing else around them, each bare call run right before the ascent's own call so that load from
+other processes hits both alike; ``time_ratio_to_floor`` is the median over steps of the per-step
+ratio, worst variant. Also reported: the share of each step spent inside the interpreter.
 
     python scripts/bench/fd_ascent.py [--model run/model.keras] [--json]
 
@@ -80,22 +79,28 @@ def host_gradients(model, images: np.ndarray, targets: list[dict]) -> np.ndarray
     return np.stack(out, axis=1).astype(np.float64)
 
 
-def floor_seconds(runtime, image: np.ndarray, rows: int, max_batch: int, repeats: int) -> list[float]:
-    """Bare interpreter times of one step's calls (the batcher's chunk shape, nothing else), repeated.
+class PairedFloor:
+    """A runtime whose every call is paired with a bare call of the same batch shape, timed apart.
 
-    The batch holds the start face, not zeros: int8 inference time depends on the data (zeros run
-    ~25 % faster here), so an all-zero floor would be too low.
+    Each ascent call and its floor then run back to back, so load from other processes on a shared
+    machine hits both alike. The bare batch holds the start face, not zeros: int8 inference time
+    depends on the data (zeros ran ~25 % faster here), so an all-zero floor would be too low.
     """
-    calls = -(-rows // max_batch)
-    batch = np.repeat(image[None], -(-rows // calls), axis=0)
-    runtime.run(batch)
-    times = []
-    for _ in range(repeats):
+
+    def __init__(self, runtime, image: np.ndarray):
+        self._runtime, self._image, self.floor_seconds = runtime, image, []
+
+    def __getattr__(self, name):
+        return getattr(self._runtime, name)
+
+    def run(self, images: np.ndarray) -> dict:
+        bare = np.repeat(self._image[None], len(images), axis=0)
+        # Alternate which of the pair runs first, so neither gains from running second.
+        out = self._runtime.run(images) if len(self.floor_seconds) % 2 else None
         t0 = time.perf_counter()
-        for _ in range(calls):
-            runtime.run(batch)
-        times.append(time.perf_counter() - t0)
-    return times
+        self._runtime.run(bare)
+        self.floor_seconds.append(time.perf_counter() - t0)
+        return self._runtime.run(images) if out is None else out
 
 
 def log(message: str) -> None:
@@ -152,7 +157,7 @@ def accuracy_rows(args, model, images: np.ndarray, variants: list[str], files: d
 
 
 def timing_rows(args, images: np.ndarray, variants: list[str], files: dict, target: dict) -> dict:
-    """Seconds per ascent step vs the same bare interpreter calls, alternated ``--timing-repeats`` times."""
+    """Seconds per ascent step vs the same bare interpreter calls run right before each of its calls."""
     from device import ascent
     from device.plan import ProbePlan
     from device.runtime import Runtime
@@ -163,23 +168,27 @@ def timing_rows(args, images: np.ndarray, variants: list[str], files: dict, targ
     timing = {}
     for variant in variants:
         log(f"timing {variant}")
-        runtime = Runtime(files[variant]["probe"], threads=args.threads)
+        runtime = PairedFloor(Runtime(files[variant]["probe"], threads=args.threads), images[0])
         ascent.run_plan(runtime, plan, max_batch=args.max_batch)  # warm-up at these batch shapes
         steps, floors, inside = [], [], []
         for _ in range(args.timing_repeats):
+            runtime.floor_seconds.clear()
             meta = ascent.run_plan(runtime, plan, max_batch=args.max_batch).meta
-            # Step 0 also resizes the interpreter back from the previous run's last pass.
-            steps += meta["seconds_per_step"][1:] or meta["seconds_per_step"]
-            inside += [i / s for i, s in zip(meta["interpreter_seconds_per_step"], meta["seconds_per_step"],
-                                             strict=True)]
-            floors += floor_seconds(runtime, images[0], meta["evaluations_per_step"][0], args.max_batch,
-                                    args.timing_steps)
+            calls = meta["invocations_per_step"]
+            # Step 0 also resizes the interpreter back from the previous run's last pass: skip it.
+            for step in range(1, len(calls)):
+                first = sum(calls[:step])
+                floor = sum(runtime.floor_seconds[first:first + calls[step]])
+                steps.append(meta["seconds_per_step"][step] - floor)  # the step without its paired floor
+                floors.append(floor)
+                inside.append((meta["interpreter_seconds_per_step"][step] - floor) / steps[-1])
+        ratios = np.array(steps) / np.array(floors)
         timing[variant] = {"subspace": args.timing_subspace,
                            "evaluations_per_step": meta["evaluations_per_step"][0],
-                           "interpreter_calls_per_step": meta["invocations_per_step"][0],
-                           "step_seconds": min(steps), "floor_seconds": min(floors),
-                           "ratio": min(steps) / min(floors),
-                           "median_ratio": float(np.median(steps) / np.median(floors)),
+                           "interpreter_calls_per_step": calls[0],
+                           "step_seconds": float(np.median(steps)), "floor_seconds": float(np.median(floors)),
+                           "ratio": float(np.median(ratios)), "ratio_min": float(ratios.min()),
+                           "ratio_max": float(ratios.max()), "pairs": len(ratios),
                            "interpreter_share_of_step": float(np.median(inside))}
     return timing
 
@@ -223,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epsilon-steps", type=float, default=16.0)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--timing-subspace", default="dct:3", help="subspace of the timing run")
-    p.add_argument("--timing-steps", type=int, default=3, help="ascent steps per timing repeat")
-    p.add_argument("--timing-repeats", type=int, default=4, help="alternations of ascent and floor")
+    p.add_argument("--timing-steps", type=int, default=4, help="ascent steps per timing run")
+    p.add_argument("--timing-repeats", type=int, default=3, help="timing runs per variant")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export-dir", help="export here and keep it (reused when it holds the variants)")

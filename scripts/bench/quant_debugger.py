@@ -58,15 +58,11 @@ def debugger_figures(probe_model, calibration: np.ndarray, images: np.ndarray,
     ``sqrt(mean_squared_error) / scale``); outputs without a NumericVerify op are left out."""
     import tensorflow as tf
 
-    from toolkit.export.convert import export_saved_model, representative
+    from toolkit.export.convert import export_saved_model, int8_converter, representative
 
-    saved = export_saved_model(probe_model, workdir / "saved_probe")
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    # The export's int8 settings (toolkit.export.convert.convert); the debugger calibrates, then quantizes
-    # with mlir_quantize as the export does, adding NumericVerify ops.
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative(calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # The export's own int8 converter: the debugger calibrates, then quantizes with mlir_quantize as the
+    # export does, adding NumericVerify ops.
+    converter = int8_converter(export_saved_model(probe_model, workdir / "saved_probe"), calibration)
     with warnings.catch_warnings():
         # The debugger runs its model in tf.lite.Interpreter, which warns of its own deprecation.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)

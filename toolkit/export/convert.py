@@ -81,6 +81,15 @@ def representative(images: np.ndarray) -> Callable:
     return gen
 
 
+def int8_converter(saved_model_dir: Path, calibration: np.ndarray) -> tf.lite.TFLiteConverter:
+    """A converter set up for full-integer int8 calibrated on ``calibration`` (normalised float images)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative(calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter
+
+
 def convert(
     saved_model_dir: Path,
     variant: str,
@@ -93,20 +102,17 @@ def convert(
     ``calibration``: normalised float images (int8 only). ``denylist`` maps the calibrated model to the
     tensor names to keep in float (int8 only).
     """
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     options: dict = {"variant": variant}
-    if variant == "float32":
-        return converter.convert(), options
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-        return converter.convert(), options
-    if variant == "dynamic_int8":
+    if variant != "int8":
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+        if variant != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
         return converter.convert(), options
     if calibration is None or len(calibration) == 0:
         raise ValueError("int8 needs calibration images: pass a folder of training faces (--calibration DIR)")
-    converter.representative_dataset = representative(calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter = int8_converter(saved_model_dir, calibration)
     converter._experimental_calibrate_only = True  # quantize below, with the denylist
     calibrated = converter.convert()
     nodes = denylist(calibrated) if denylist else []
