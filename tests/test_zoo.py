@@ -35,7 +35,8 @@ def test_mobilefacenet_size_and_taps():
 
 
 def test_width_multiplier_shrinks_model():
-    assert get_model("mobilefacenet", width=0.5).count_params() < get_model("mobilefacenet").count_params() / 2
+    half = get_model("mobilefacenet", width=0.5).count_params()
+    assert half < get_model("mobilefacenet").count_params() / 2
 
 
 def test_tap_shapes_match_declared_channels_and_stride(tiny):

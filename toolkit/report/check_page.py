@@ -14,7 +14,7 @@ from device.plan import ProbePlan, ProbeResult
 from ..atomic import write_bytes
 from ..zoo import STAGES
 from . import grids
-from .page import STYLE, _img, _table
+from .blocks import STYLE, img_tag, table
 
 TAP_KEYS = ["tap", "stage", "sqnr_db", "cosine", "rmse_over_scale", "saturation", "noise_added"]
 FEATURE_KEYS = ["tap", "channel", "change_correlation", "image_correlation", "gradient_cosine",
@@ -119,7 +119,7 @@ def _suggestion(s: dict | None) -> str:
     return (f"<p>{html.escape(s['why'])}. Re-exported (<code>{summ['action']}</code>) and re-checked: "
             f"<b>{'passes' if summ['passed_after'] else 'still fails'}</b>; quantized verification accuracy "
             f"{summ['quantized_accuracy_after']:.4f}; deploy size x{summ['size_ratio']:.2f}, batch-1 "
-            f"latency x{summ['latency_ratio']:.2f}.</p>" + _table(s["verdicts"], VERDICT_KEYS))
+            f"latency x{summ['latency_ratio']:.2f}.</p>" + table(s["verdicts"], VERDICT_KEYS))
 
 
 def render_check(run_dir: str | os.PathLike) -> Path:
@@ -135,28 +135,29 @@ def render_check(run_dir: str | os.PathLike) -> Path:
              f"{html.escape(report['data']['source'])} ({report['data']['images']} images, "
              f"{report['data']['identities']} identities, {report['data']['pairs']} pairs), calibration "
              f"{html.escape(report['data']['calibration'])}.</p>",
-             "<h2>Taps</h2>", _img(tap_figure(report, out / "figures" / "taps.png"), "tap SQNR")]
+             "<h2>Taps</h2>", img_tag(tap_figure(report, out / "figures" / "taps.png"), "tap SQNR")]
     has_features = (out / "features" / "plan.json").is_file()
     for i, board in enumerate(report["boards"]):
         parts += [f"<h2>Board: {html.escape(board['name'])} — {'pass' if board['passed'] else 'FAIL'}</h2>",
                   "<pre>" + html.escape(json.dumps(board["info"], indent=1)) + "</pre>",
-                  _table(board["verdicts"], VERDICT_KEYS), "<h3>Taps</h3>", _table(board["taps"], TAP_KEYS)]
+                  table(board["verdicts"], VERDICT_KEYS), "<h3>Taps</h3>", table(board["taps"], TAP_KEYS)]
         if has_features and board.get("features"):
             plan_taps = {t["tap"] for t in board["features"]["plan"]["targets"]}
             stages = {r["stage"]: r["tap"] for r in board["taps"] if r["tap"] in plan_taps}
-            parts += ["<h3>Features</h3>", _table([board["features"]["summary"]], list(
+            parts += ["<h3>Features</h3>", table([board["features"]["summary"]], list(
                 board["features"]["summary"]))]
-            parts += [_img(p, f"features {s}") for s, p in feature_figures(out, i, stages).items()]
-            parts.append(_table(board["features"]["float_vs_quantized"], FEATURE_KEYS))
+            parts += [img_tag(p, f"features {s}") for s, p in feature_figures(out, i, stages).items()]
+            parts.append(table(board["features"]["float_vs_quantized"], FEATURE_KEYS))
         ident = board["identities"]
         rows = [{"model": k, **{m: ident[k][m] for m in ("verification_accuracy", "roc_auc", "eer", "rank1")}}
                 for k in ("float", "quantized")]
-        parts += ["<h3>Identities</h3>", _table(rows, ["model", "verification_accuracy", "roc_auc", "eer",
+        parts += ["<h3>Identities</h3>", table(rows, ["model", "verification_accuracy", "roc_auc", "eer",
                                                         "rank1"]),
                   f"<p>mean embedding cosine {ident['embedding_cosine_mean']:.4f} (min "
                   f"{ident['embedding_cosine_min']:.4f}); accuracy drop "
                   f"{ident['accuracy_drop_pp']:.2f} pp</p>",
-                  _img(identity_figure(board, out / "figures" / f"identities_board{i}.png"), "pair scores")]
+                  img_tag(identity_figure(board, out / "figures" / f"identities_board{i}.png"),
+                          "pair scores")]
     parts += ["<h2>Suggestion</h2>", _suggestion(report.get("suggestion")), "</body></html>"]
     html_path = out / "report.html"
     write_bytes(html_path, "\n".join(parts).encode())

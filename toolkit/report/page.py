@@ -7,7 +7,6 @@ base64, no network). An ``emergence.json`` from training is included when found.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
@@ -20,6 +19,7 @@ from device.plan import ProbePlan, ProbeResult
 from ..atomic import write_bytes
 from ..zoo import STAGES
 from . import grids
+from .blocks import STYLE, img_tag, table
 
 EMERGENCE_PLACES = ("emergence.json", "emergence/emergence.json", "../emergence/emergence.json")
 
@@ -76,35 +76,9 @@ def find_emergence(probe_dir: Path) -> dict | None:
     return None
 
 
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return ", ".join(_fmt(x) for x in v)
-    return html.escape(str(v))
-
-
-def _table(rows: list[dict], keys: list[str]) -> str:
-    """An HTML table of ``rows`` with the columns of ``keys`` that any row has."""
-    keys = [k for k in keys if any(k in r for r in rows)]
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(k, ''))}</td>" for k in keys) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _by_stage(rows: dict[str, dict]) -> list[dict]:
     return [{"stage": s, **r} for s, r in rows.items()]
 
-
-STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
-         "text-align:right}th{background:#eee}img{max-width:100%;margin:.5em 0;border:1px solid #ddd}"
-         "code{background:#f4f4f4;padding:1px 3px}")
 
 
 STAGE_KEYS = ["stage", "taps", "frequency_centroid", "colour_share", "objective_start", "objective_final",
@@ -136,12 +110,12 @@ def render(run_dir: str | os.PathLike) -> Path:
              "<p>frequency_centroid: radial spatial-frequency centroid of the change (1 = Nyquist); "
              "colour_share: share of the change's energy in colour; objective_ratio: final / start "
              "objective; step RMS and final image range in normalised units (valid range about [-1, 1]).</p>",
-             _table(_by_stage(findings["stages"]), STAGE_KEYS)]
+             table(_by_stage(findings["stages"]), STAGE_KEYS)]
     if findings.get("invariance"):
         parts += ["<h2>Identity invariance</h2>",
                   "<p>(W &minus; B) / (1 &minus; B): W, B = mean cosine similarity of centred stage vectors "
                   f"within / between people ({html.escape(findings.get('invariance_source', ''))}).</p>",
-                  _table(_by_stage(findings["invariance"]), INVARIANCE_KEYS)]
+                  table(_by_stage(findings["invariance"]), INVARIANCE_KEYS)]
     emergence = find_emergence(probe_dir)
     if emergence:
         rows = {s: {"stable_from": v["stable_from"], "taps": v["taps"], "channels": v["channels"]}
@@ -150,11 +124,11 @@ def render(run_dir: str | os.PathLike) -> Path:
                   f"<p>First iteration from which a stage's visualisation stays correlated &ge; "
                   f"{emergence['threshold']} with its final state (snapshot every {emergence['every']} "
                   f"iterations, {len(emergence['iterations'])} snapshots).</p>",
-                  _table(_by_stage(rows), ["stage", "stable_from", "taps", "channels"])]
+                  table(_by_stage(rows), ["stage", "stable_from", "taps", "channels"])]
     parts.append("<h2>Per stage: results, changes and feature maps (first start image)</h2>")
-    parts += [_img(p, name) for name, p in figures.items() if name.startswith("stage_")]
-    parts += ["<h2>Same person, several photos</h2>", _img(figures["same_person"], "same person"),
-              "<h2>Per target</h2>", _table(result.summary()["targets"], TARGET_KEYS)]
+    parts += [img_tag(p, name) for name, p in figures.items() if name.startswith("stage_")]
+    parts += ["<h2>Same person, several photos</h2>", img_tag(figures["same_person"], "same person"),
+              "<h2>Per target</h2>", table(result.summary()["targets"], TARGET_KEYS)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>faceprobe probe</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     out = probe_dir / "report.html"

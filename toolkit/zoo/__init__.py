@@ -7,7 +7,17 @@ from collections.abc import Callable
 import keras
 
 from .mobilefacenet import mobilefacenet
-from .taps import STAGES, TapPoint, TapSpec, get_tap, list_taps, stage_taps, tap_key, tap_layer_name, tap_model
+from .taps import (
+    STAGES,
+    TapPoint,
+    TapSpec,
+    get_tap,
+    list_taps,
+    stage_taps,
+    tap_key,
+    tap_layer_name,
+    tap_model,
+)
 from .tiny import tiny
 
 REGISTRY: dict[str, Callable[..., keras.Model]] = {"mobilefacenet": mobilefacenet, "tiny": tiny}
