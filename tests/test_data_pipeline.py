@@ -60,8 +60,24 @@ def test_augmentation_is_seeded_and_differs_per_epoch() -> None:
     assert not np.allclose(epochs(4, 1)[0], a[0])
 
 
+def test_mild_augmentation_changes_images_less_than_standard() -> None:
+    images, labels = _images(n=32, size=32), np.arange(32)
+    ref = normalize(images)
+
+    def mean_change(augment: bool | str) -> float:
+        x, y = next(iter(make_dataset(images, labels, batch_size=32, training=True, seed=5, augment=augment)))
+        return float(np.abs(x.numpy() - ref[y.numpy()]).mean())
+
+    # Same seed, so the same flips and draws: only the ranges differ.
+    standard, mild = mean_change(True), mean_change("mild")
+    assert mean_change("standard") == pytest.approx(standard)
+    assert 0.01 < mild < standard
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="uint8"):
         make_dataset(np.zeros((2, 8, 8, 3), np.float32), [0, 1], 2, training=False)
     with pytest.raises(ValueError, match="2 images but 3 labels"):
         make_dataset(np.zeros((2, 8, 8, 3), np.uint8), [0, 1, 2], 2, training=False)
+    with pytest.raises(ValueError, match="augment must be true, false or one of"):
+        make_dataset(np.zeros((2, 8, 8, 3), np.uint8), [0, 1], 2, training=True, augment="heavy")

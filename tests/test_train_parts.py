@@ -18,6 +18,8 @@ def test_recipes_load_and_override():
     assert cfg.model == "mobilefacenet" and cfg.identities == "s1-s30"
     over = cfg.with_overrides(epochs=3, strategy=None, **parse_set(["margin=0.2", "head=cosface"]))
     assert (over.epochs, over.margin, over.head, over.strategy) == (3, 0.2, "cosface", cfg.strategy)
+    assert cfg.with_overrides(**parse_set(["augment=false"])).augment is False
+    assert cfg.with_overrides(**parse_set(["augment=mild"])).augment == "mild"
 
 
 def test_bad_recipes_are_clear_errors(tmp_path):
@@ -30,6 +32,8 @@ def test_bad_recipes_are_clear_errors(tmp_path):
         load_recipe(bad)
     with pytest.raises(ValueError, match="head must be one of"):
         TrainConfig(head="softmax")
+    with pytest.raises(ValueError, match="augment must be true, false or a strength name"):
+        TrainConfig(augment=2)
     with pytest.raises(FileNotFoundError, match="no recipe"):
         load_recipe(tmp_path / "missing.toml")
 

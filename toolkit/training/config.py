@@ -39,7 +39,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.0
     epochs: int = 10
     batch_size: int = 64  # global batch, split across replicas
-    augment: bool = True
+    augment: bool | str = True  # True ("standard"), False, or a strength named in toolkit.data.pipeline
     seed: int = 0
     # Data: an identity-folder dataset, optionally a subset of identities ("s1-s30,s35");
     # with no data the trainer synthesises faces into the run dir.
@@ -69,6 +69,8 @@ class TrainConfig:
             (self.scale > 0, f"scale must be > 0, got {self.scale}"),
             (0 <= self.margin < 1.5, f"margin must be in [0, 1.5), got {self.margin}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (isinstance(self.augment, bool | str),
+             f"augment must be true, false or a strength name such as \"mild\", got {self.augment!r}"),
         ]
         for ok, msg in checks:
             if not ok:
