@@ -200,6 +200,7 @@ class Runtime:
 
 def _dequantize(value: np.ndarray, out: dict) -> np.ndarray:
     if out["dtype"] in _INT_LIMITS:
-        return ((value.astype(np.float32) - out["zero_point"]) * np.float32(out["scale"])).astype(np.float32)
-    return value.astype(np.float32)
+        return (value.astype(np.float32) - np.float32(out["zero_point"])) * np.float32(out["scale"])
+    # The signature runner hands back copies, so float outputs need no second one.
+    return value.astype(np.float32, copy=False)
 

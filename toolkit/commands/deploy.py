@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-TOKEN_ENV = "FACEPROBE_AGENT_TOKEN"
+from device.cli import TOKEN_ENV
 
 
 def add_parser(subparsers) -> None:

@@ -62,6 +62,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--jitter", type=int, default=0, help="random shift of up to N pixels per step")
     p.add_argument("--l2-decay", type=float, default=0.0, help="shrink images by this fraction per step")
     p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma applied every step")
+    p.add_argument("--agent", help="also run the plan on these board agents (URL[,URL...]) by finite "
+                   "differences and compare each with the host's autodiff; needs --tflite and a --subspace")
+    p.add_argument("--tflite", help="the probe model (.probe.tflite from `faceprobe export`) the agents run")
+    p.add_argument("--token", help="bearer token of the agents (default: $FACEPROBE_AGENT_TOKEN)")
     p.add_argument("--save-plan", metavar="PLAN.json", help="also write the plan used here")
     p.add_argument("--out", help="output directory (required unless --invariance)")
     p.add_argument("--invariance", action="store_true",
@@ -113,6 +117,30 @@ def _plan(args, model, size: int):
     return plan, origin, rule
 
 
+def _boards(args, plan, host_result) -> dict:
+    """Run ``plan`` on every agent, save each board's result under OUT/boards/, compare with the host."""
+    import os
+    import re
+
+    import numpy as np
+
+    from device.cli import TOKEN_ENV
+
+    from ..check.levels import compare_ascents
+    from ..remote import probe_remote
+
+    results = probe_remote(args.agent, args.tflite, plan, token=args.token or os.environ.get(TOKEN_ENV))
+    out = {}
+    for url, board in results.items():
+        folder = Path(args.out) / "boards" / re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://")[-1])
+        board.save(folder)
+        rows = compare_ascents(plan, host_result, board)
+        out[url] = {"result": str(folder), "runtime": board.meta.get("runtime"),
+                    "gradient_cosine": float(np.mean([r["gradient_cosine"] for r in rows])),
+                    "change_correlation": float(np.mean([r["change_correlation"] for r in rows]))}
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ..modelfile import load_face_model
 
@@ -136,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
     from ..probe.outputs import write_outputs
 
     plan, origin, rule = _plan(args, model, size)
+    if args.agent and (not args.tflite or plan.subspace["kind"] == "full"):
+        raise ValueError("--agent needs --tflite PROBE.tflite (pushed to the boards) and a declared "
+                         "subspace such as --subspace dct:4: a board estimates the gradient by finite "
+                         "differences, which reach only a small subspace of the image")
     if args.save_plan:
         plan.save(args.save_plan)
     result = run_plan(model, plan, progress=not args.json)
@@ -149,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
                "images": len(plan.images), "stages": findings["stages"]}
     if "invariance" in findings:
         summary["invariance"] = {s: v["index"] for s, v in findings["invariance"].items()}
+    if args.agent:
+        summary["boards"] = _boards(args, plan, result)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -157,5 +191,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{row['objective_final']:.3g}, frequency centroid {row['frequency_centroid']:.3f}, "
                   f"colour share {row['colour_share']:.3f}, final range [{row.get('range_min', 0):.2f}, "
                   f"{row.get('range_max', 0):.2f}]")
+        for url, board in summary.get("boards", {}).items():
+            print(f"board {url}: gradient cosine vs host {board['gradient_cosine']:.4f}, change correlation "
+                  f"{board['change_correlation']:.4f} ({board['result']})")
         print(f"report: {findings['report']}", file=sys.stderr)
     return 0
