@@ -8,6 +8,8 @@ import importlib
 import os
 import sys
 
+from .remote import AgentError
+
 COMMANDS = ("data", "train", "evaluate", "probe", "export", "check", "deploy", "report")
 
 
@@ -18,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"toolkit.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"toolkit.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"toolkit.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -33,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, AgentError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"faceprobe {args.command}: error: {msg}", file=sys.stderr)
         return 2
