@@ -54,7 +54,10 @@ def test_objective_increases_monotonically_for_small_steps(model, images):
     plan = ProbePlan(targets=_targets(model), images=images, steps=10, step_size=0.05)
     result = run_plan(model, plan, progress=False)
     assert result.objective.shape == (2, 6, 11)
-    assert np.all(np.diff(result.objective, axis=-1) > 0)
+    # Never decreases, up to float32 rounding of the objective: a target with a tiny gradient gains less
+    # per step than one unit in the last place of its value.
+    rounding = 4 * np.spacing(np.abs(result.objective[..., 1:]).astype(np.float32))
+    assert np.all(np.diff(result.objective, axis=-1) >= -rounding)
     assert np.all(result.gain > 0)
 
 

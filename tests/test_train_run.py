@@ -165,11 +165,15 @@ def test_train_cli_with_recipe_and_overrides(synth, tmp_path, capsys):
     run = tmp_path / "cli"
     assert main(["train", "--recipe", str(ROOT / "models" / "tiny-synth.toml"), "--data", str(synth),
                  "--out", str(run), "--epochs", "2", "--identities", "id000-id003", "--batch-size", "8",
-                 "--set", "input_size=32", "--json"]) == 0
+                 "--set", "input_size=32", "--set", "saved_embedding=pooled", "--set", "embedding_dim=16",
+                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["epochs_completed"] == 2 and result["identities"] == 4
     config = json.loads((run / "config.json").read_text())
     assert config["input_size"] == 32 and config["resolved"]["names"] == ["id000", "id001", "id002", "id003"]
+    # The saved embedding is the pooled layer (the last stage's channels), not the trained 16-d linear one.
+    meta = json.loads((run / "model.meta.json").read_text())
+    assert meta["embedding_dim"] == meta["taps"][-1]["channels"] > 16
     # A bad override is a clear error with a non-zero exit code.
     assert main(["train", "--recipe", str(ROOT / "models" / "tiny-synth.toml"), "--out", str(tmp_path / "x"),
                  "--set", "head=softmax"]) == 2

@@ -85,3 +85,17 @@ def test_load_errors_are_clear(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a readable Keras model"):
         load_face_model(bad)
+
+
+def test_pooled_embedding_is_the_layer_before_the_last_linear_one():
+    import keras
+
+    from toolkit.zoo import pooled_embedding
+
+    tiny = get_model("tiny", input_size=32, embedding_dim=16)
+    pooled = pooled_embedding(tiny)
+    assert tiny.output_shape == (None, 16) and pooled.output_shape == (None, 64)  # the last stage's channels
+    assert [t.name for t in list_taps(pooled)] == [t.name for t in list_taps(tiny)]
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    inner = keras.Model(tiny.input, tiny.get_layer("pooled").output)(x)
+    np.testing.assert_allclose(np.asarray(pooled(x)), np.asarray(inner).reshape(2, -1), atol=1e-6)

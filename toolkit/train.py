@@ -310,6 +310,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             f"{bn['inference_accuracy']:.1%} vs training-mode {bn['training_mode_accuracy']:.1%}; {verdict} "
             f"(inference-mode accuracy now {now:.1%})")
 
+    if config.saved_embedding == "pooled":
+        from .zoo import pooled_embedding
+
+        final = pooled_embedding(final)
+        log(f"saved embedding: the pooled features ({final.output_shape[-1]}-d), not the last linear layer")
     model_path = save_face_model(final, run_dir / "model.keras", recipe=config.to_dict(),
                                  training={"identities": train_set.names, "images": n_images,
                                            "epochs": config.epochs, "batchnorm": bn})

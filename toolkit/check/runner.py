@@ -20,7 +20,15 @@ from ..export import export_model, file_name
 from ..modelfile import load_face_model
 from .boards import LocalBoard, RemoteBoard
 from .gate import judge, load_thresholds
-from .levels import CHUNK, feature_level, feature_reference, identity_level, tap_level, tap_scales
+from .levels import (
+    CHUNK,
+    FEATURE_SUBSPACE,
+    feature_level,
+    feature_reference,
+    identity_level,
+    tap_level,
+    tap_scales,
+)
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
 
@@ -126,7 +134,7 @@ def run_check(
     sample: int = 32,
     feature_images: int = 1,
     features: bool = True,
-    subspace_size: int = 4,
+    subspace_size: int = FEATURE_SUBSPACE,
     steps: int = 20,
     keep_float: list[str] = (),
     quantized: str | os.PathLike | None = None,

@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sample", type=int, default=32, help="faces used for the tap comparison (default 32)")
     p.add_argument("--feature-images", type=int, default=1,
                    help="start images of the feature comparison (default 1)")
+    p.add_argument("--feature-subspace", type=int, default=3, metavar="N",
+                   help="the feature level's subspace: the N x N lowest DCT frequencies per channel "
+                        "(default 3)")
     p.add_argument("--no-features", action="store_true", help="skip the feature level (the slowest)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="export with these taps' blocks kept float")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calibration, calibration_identities=args.calibration_identities,
         thresholds=args.thresholds, agents=agents, token=args.token or os.environ.get(TOKEN_ENV),
         sample=args.sample, feature_images=args.feature_images, features=not args.no_features,
+        subspace_size=args.feature_subspace,
         keep_float=args.keep_float, quantized=args.quantized, suggest=args.suggest, seed=args.seed,
         progress=not args.json)
     summary = report["summary"]

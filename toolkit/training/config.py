@@ -26,6 +26,9 @@ class TrainConfig:
     embedding_dim: int | None = None  # None: the zoo model's default
     width: float = 1.0
     activation: str = "relu"
+    # The saved embedding: "linear" (the model's last layer) or "pooled" (the global depthwise conv's output
+    # before it, which generalises better to new people when the training identities are few).
+    saved_embedding: str = "linear"
     # Margin head: ArcFace adds the margin to the angle, CosFace subtracts it from the cosine.
     head: str = "arcface"
     scale: float = 64.0
@@ -69,6 +72,8 @@ class TrainConfig:
             (self.scale > 0, f"scale must be > 0, got {self.scale}"),
             (0 <= self.margin < 1.5, f"margin must be in [0, 1.5), got {self.margin}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.saved_embedding in ("linear", "pooled"),
+             f"saved_embedding must be linear or pooled, got {self.saved_embedding!r}"),
             (isinstance(self.augment, bool | str),
              f"augment must be true, false or a strength name such as \"mild\", got {self.augment!r}"),
         ]

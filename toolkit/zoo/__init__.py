@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import keras
 
+from .blocks import pooled_embedding
 from .mobilefacenet import mobilefacenet
 from .taps import (
     STAGES,
@@ -40,4 +41,4 @@ def get_model(name: str, **options) -> keras.Model:
 
 
 __all__ = ["STAGES", "TapPoint", "TapSpec", "available_models", "get_model", "get_tap", "list_taps",
-           "stage_taps", "tap_key", "tap_layer_name", "tap_model"]
+           "pooled_embedding", "stage_taps", "tap_key", "tap_layer_name", "tap_model"]
