@@ -96,6 +96,11 @@ def test_evaluate_cli_prints_json(trained, synth, capsys, tmp_path):
     assert {"verification_accuracy", "roc_auc", "eer", "pairs", "rank1", "tar_at_far"} <= set(result)
     assert result["pairs"] > 0 and 0.0 <= result["eer"] <= 1.0
     assert roc.read_bytes()[:4] == b"\x89PNG"
+    assert result["flip_tta"] is False
+    flip_args = ["--folds", "4", "--flip", "--json"]
+    assert main(["evaluate", trained.model_path, "--data", str(synth), *flip_args]) == 0
+    flipped = json.loads(capsys.readouterr().out)
+    assert flipped["flip_tta"] is True and flipped["pairs"] == result["pairs"]
     assert main(["evaluate", trained.model_path, "--data", str(synth), "--folds", "4"]) == 0
     assert "verification accuracy" in capsys.readouterr().out
 

@@ -19,6 +19,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pairs", help="pairs file to use (as written by --save-pairs); default: balanced "
                                    "pairs made from the labels")
     p.add_argument("--save-pairs", metavar="FILE", help="write the pairs used, to compare later runs")
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation: embed each face and its "
+                   "mirror image and add the two (two inferences per face)")
     p.add_argument("--folds", type=int, default=10, help="verification folds (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing pairs")
     p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
              else make_pairs(fs.labels, n_folds=args.folds, seed=args.seed))
     if args.save_pairs:
         save_pairs(args.save_pairs, pairs, fs.paths)
-    result = evaluate_model(model, fs, pairs, normalization=meta.get("normalization"), roc_png=args.roc)
+    result = evaluate_model(model, fs, pairs, normalization=meta.get("normalization"), roc_png=args.roc,
+                            flip=args.flip)
     result.update({"model": str(Path(args.model)), "data": str(Path(args.data)),
                    "skipped_files": len(fs.skipped)})
     if args.out:
