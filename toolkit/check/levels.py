@@ -71,20 +71,26 @@ def feature_plan(model: keras.Model, images: np.ndarray, subspace_size: int = FE
 
 def compare_ascents(plan: ProbePlan, reference: ProbeResult, test: ProbeResult) -> list[dict]:
     """Per target (mean over images): correlation of the final images and of their change from the start,
-    the objective gain of ``test`` relative to ``reference``, and the mean per-step gradient cosine."""
+    the objective gain of ``test`` relative to ``reference``, and the cosine of the gradient estimates at
+    the start image (``gradient_cosine``: both runs at the same point, with the same perturbations) and
+    averaged over the steps (``gradient_cosine_steps``: later steps sit where the two ascents have
+    taken the image, which drifts apart at deep taps)."""
     rows = []
     for j, target in enumerate(plan.targets):
-        img_corr, change_corr, grad_cos = [], [], []
+        img_corr, change_corr, grad_start, grad_cos = [], [], [], []
         for i, start in enumerate(plan.images):
             img_corr.append(correlation(reference.final_images[i, j], test.final_images[i, j]))
             change_corr.append(correlation(reference.final_images[i, j] - start,
                                            test.final_images[i, j] - start))
             if reference.gradients is not None and test.gradients is not None:
-                grad_cos.append(float(np.mean(rows_cosine(reference.gradients[i, j], test.gradients[i, j]))))
+                per_step = rows_cosine(reference.gradients[i, j], test.gradients[i, j])
+                grad_start.append(float(per_step[0]))
+                grad_cos.append(float(np.mean(per_step)))
         gain_ref = float(np.mean(reference.gain[:, j]))
         rows.append({**target, "image_correlation": float(np.mean(img_corr)),
                      "change_correlation": float(np.mean(change_corr)),
-                     "gradient_cosine": float(np.mean(grad_cos)) if grad_cos else None,
+                     "gradient_cosine": float(np.mean(grad_start)) if grad_start else None,
+                     "gradient_cosine_steps": float(np.mean(grad_cos)) if grad_cos else None,
                      "gain_reference": gain_ref, "gain_test": float(np.mean(test.gain[:, j])),
                      "gain_ratio": float(np.mean(test.gain[:, j]) / gain_ref) if gain_ref else None})
     return rows

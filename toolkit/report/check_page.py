@@ -18,7 +18,7 @@ from .blocks import STYLE, img_tag, table
 
 TAP_KEYS = ["tap", "stage", "sqnr_db", "cosine", "rmse_over_scale", "saturation", "noise_added"]
 FEATURE_KEYS = ["tap", "channel", "change_correlation", "image_correlation", "gradient_cosine",
-                "gain_reference", "gain_test", "gain_ratio"]
+                "gradient_cosine_steps", "gain_reference", "gain_test", "gain_ratio"]
 VERDICT_KEYS = ["name", "level", "value", "direction", "threshold", "passed"]
 
 
