@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 import traceback
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .files import write_atomic
 
 KINDS = ("ascent", "activations")
 
@@ -41,19 +42,6 @@ class Job:
         return {"id": self.id, "model": self.model_id, "kind": self.kind, "status": self.status,
                 "error": self.error, "submitted": self.submitted, "started": self.started,
                 "finished": self.finished}
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # execute(model_id, kind, plan_bytes, cache) -> result bytes. ``cache`` is a per-model dict the

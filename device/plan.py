@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import subspace as _subspace
+from .files import npz_bytes, write_atomic
 
 PLAN_SCHEMA = "faceprobe.probe-plan/1"
 RESULT_SCHEMA = "faceprobe.probe-result/1"
@@ -47,19 +48,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     return x
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def objective_position(objective: dict, map_hw: tuple[int, int]) -> list[int] | None:
@@ -197,8 +185,8 @@ class ProbePlan:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan JSON at ``path`` and its images to the sibling ``.npz``. Returns the JSON path."""
         path = Path(path)
-        _write_atomic(path.with_suffix(".npz"), _npz_bytes({"images": self.images}))
-        _write_atomic(path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
+        write_atomic(path.with_suffix(".npz"), npz_bytes({"images": self.images}))
+        write_atomic(path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
         return path
 
     @classmethod
@@ -217,7 +205,7 @@ class ProbePlan:
     def to_bytes(self) -> bytes:
         """One .npz holding the images and the plan JSON (for HTTP transport)."""
         plan = np.frombuffer(json.dumps(self.to_json()).encode(), np.uint8)
-        return _npz_bytes({"images": self.images, "plan_json": plan})
+        return npz_bytes({"images": self.images, "plan_json": plan})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ProbePlan:
@@ -282,8 +270,8 @@ class ProbeResult:
         """Write ``result.npz`` (arrays) and ``result.json`` (summary and meta) into ``directory``."""
         d = Path(directory)
         arrays = {k: getattr(self, k) for k in _RESULT_ARRAYS if getattr(self, k) is not None}
-        _write_atomic(d / "result.npz", _npz_bytes(arrays))
-        _write_atomic(d / "result.json", (json.dumps(self.summary(), indent=2) + "\n").encode())
+        write_atomic(d / "result.npz", npz_bytes(arrays))
+        write_atomic(d / "result.json", (json.dumps(self.summary(), indent=2) + "\n").encode())
         return d
 
     @classmethod

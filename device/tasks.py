@@ -17,6 +17,7 @@ import numpy as np
 from .activations import tap_activations
 from .ascent import DEFAULT_MAX_BATCH, check_board_plan
 from .ascent import run_plan as run_ascent
+from .files import npz_bytes, write_atomic
 from .manifest import tap_entries
 from .plan import ProbePlan, ProbeResult
 from .runtime import Runtime
@@ -45,10 +46,14 @@ def run(runtime: Runtime, plan: ProbePlan, kind: str, max_batch: int = DEFAULT_M
 
 
 def _npz(arrays: dict[str, np.ndarray], summary: dict) -> bytes:
-    buf = io.BytesIO()
-    summary_bytes = np.frombuffer(json.dumps(summary).encode(), np.uint8)
-    np.savez_compressed(buf, **arrays, **{_SUMMARY: summary_bytes})
-    return buf.getvalue()
+    return npz_bytes({**arrays, _SUMMARY: np.frombuffer(json.dumps(summary).encode(), np.uint8)})
+
+
+def _activation_arrays(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    arrays = {_PREFIX + tap: v for tap, v in result["values"].items()}
+    if result["embedding"] is not None:
+        arrays["embedding"] = result["embedding"]
+    return arrays
 
 
 def encode(result: ProbeResult | dict[str, Any]) -> bytes:
@@ -57,10 +62,8 @@ def encode(result: ProbeResult | dict[str, Any]) -> bytes:
         names = ("objective", "final_images", "step_norms", "gradients", "ranges", "captured_share")
         arrays = {k: getattr(result, k) for k in names if getattr(result, k) is not None}
         return _npz(arrays, {"kind": "ascent", **result.summary()})
-    arrays = {_PREFIX + tap: v for tap, v in result["values"].items()}
-    if result["embedding"] is not None:
-        arrays["embedding"] = result["embedding"]
-    return _npz(arrays, {"kind": "activations", "stats": result["stats"], "meta": result["meta"]})
+    return _npz(_activation_arrays(result),
+                {"kind": "activations", "stats": result["stats"], "meta": result["meta"]})
 
 
 def decode(data: bytes) -> ProbeResult | dict[str, Any]:
@@ -82,11 +85,9 @@ def save(result: ProbeResult | dict[str, Any], out_dir: str | os.PathLike) -> Pa
     out = Path(out_dir)
     if isinstance(result, ProbeResult):
         return result.save(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with np.load(io.BytesIO(encode(result))) as z:
-        np.savez_compressed(out / "activations.npz", **{k: z[k] for k in z.files if k != _SUMMARY})
-    (out / "activations.json").write_text(json.dumps({"stats": result["stats"], "meta": result["meta"]},
-                                                     indent=2) + "\n")
+    write_atomic(out / "activations.npz", npz_bytes(_activation_arrays(result)))
+    write_atomic(out / "activations.json", (json.dumps({"stats": result["stats"], "meta": result["meta"]},
+                                                       indent=2) + "\n").encode())
     return out
 
 

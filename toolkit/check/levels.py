@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 
@@ -130,11 +132,14 @@ def rescore(model: keras.Model, board, plan: ProbePlan, ascended: ProbeResult) -
 def feature_reference(model: keras.Model, float_board, images: np.ndarray,
                       subspace_size: int = FEATURE_SUBSPACE, steps: int = 20) -> dict:
     """What every board is compared with, computed once: the default plan by host autodiff on Keras and
-    by finite differences on the float TFLite, and the full-gradient host ascent."""
+    by finite differences on the float TFLite (and how well the two agree: the estimator's own error),
+    and the full-gradient host ascent."""
     plan = feature_plan(model, images, subspace_size, steps)
-    full_plan = ProbePlan(**{**_plan_fields(plan), "subspace": {"kind": "full"}})
-    return {"plan": plan, "host": run_plan(model, plan, progress=False), "fd_float": float_board.ascent(plan),
-            "full_plan": full_plan, "full": run_plan(model, full_plan, progress=False)}
+    full_plan = dataclasses.replace(plan, subspace={"kind": "full"})
+    host, fd_float = run_plan(model, plan, progress=False), float_board.ascent(plan)
+    return {"plan": plan, "host": host, "fd_float": fd_float,
+            "estimator": compare_ascents(plan, host, fd_float), "full_plan": full_plan,
+            "full": run_plan(model, full_plan, progress=False)}
 
 
 def feature_level(model: keras.Model, reference: dict, board) -> dict:
@@ -143,7 +148,7 @@ def feature_level(model: keras.Model, reference: dict, board) -> dict:
     re-scored on the quantized model."""
     plan = reference["plan"]
     fd_quant = board.ascent(plan)
-    estimator = compare_ascents(plan, reference["host"], reference["fd_float"])
+    estimator = reference["estimator"]
     float_vs_quant = compare_ascents(plan, reference["fd_float"], fd_quant)
     sat = rescore(model, board, reference["full_plan"], reference["full"])
     max_sat = [v["ascended"] for v in sat["saturation"].values() if v["ascended"] is not None]
@@ -161,12 +166,6 @@ def feature_level(model: keras.Model, reference: dict, board) -> dict:
         },
         "_results": {"fd_quant": fd_quant},
     }
-
-
-def _plan_fields(plan: ProbePlan) -> dict:
-    return {k: getattr(plan, k) for k in ("targets", "images", "objective", "steps", "step_size",
-                                          "step_rule", "options", "subspace", "finite_difference",
-                                          "valid_range")}
 
 
 def identity_level(float_embeddings: np.ndarray, quant_embeddings: np.ndarray, labels: np.ndarray,

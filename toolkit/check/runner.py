@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from device.manifest import load_manifest, manifest_path_for
 from device.runtime import Runtime
 
 from .. import atomic
-from ..data import FaceSet, load_identity_folders, make_pairs, normalize, synthesize
+from ..data import FaceSet, Pairs, load_identity_folders, make_pairs, normalize, synthesize
 from ..evaluate import embed
 from ..export import export_model, file_name
 from ..modelfile import load_face_model
@@ -106,14 +107,23 @@ def localise(taps: list[dict], thresholds: dict) -> dict:
             "ranking": [{"tap": r["tap"], "noise_added": r["noise_added"]} for r in ranked]}
 
 
-def check_board(model, meta, board, faces: FaceSet, pairs, sample: np.ndarray, scales: dict,
-                thresholds: dict, embeddings_q: np.ndarray, reference: dict | None) -> dict:
+@dataclass
+class CheckData:
+    """The check's faces and what every board is compared on, computed once."""
+
+    faces: FaceSet
+    images: np.ndarray  # normalised
+    float_embeddings: np.ndarray  # float Keras
+    pairs: Pairs
+    sample: np.ndarray  # indices of the tap-level faces
+
+
+def check_board(model, board, data: CheckData, scales: dict, thresholds: dict, embeddings_q: np.ndarray,
+                reference: dict | None) -> dict:
     """All three levels on one board, judged (``reference``: the feature reference, None to skip features)."""
-    images = normalize(faces.images, meta["normalization"])
-    taps = tap_level(model, board, images[sample], scales)
+    taps = tap_level(model, board, data.images[data.sample], scales)
     feats = feature_level(model, reference, board) if reference else None
-    ident = identity_level(embed(model, faces.images, normalization=meta["normalization"]), embeddings_q,
-                           faces.labels, pairs)
+    ident = identity_level(data.float_embeddings, embeddings_q, data.faces.labels, data.pairs)
     verdicts = judge(measured_checks(taps, feats, ident), thresholds)
     return {"name": board.name, "info": board.info(), "passed": all(v.passed for v in verdicts),
             "verdicts": [v.to_dict() for v in verdicts], "taps": taps, "features": feats,
@@ -173,20 +183,21 @@ def run_check(
     sample_idx = np.sort(rng.choice(len(faces.labels), min(sample, len(faces.labels)), replace=False))
     images = normalize(faces.images, meta["normalization"])
     feat_imgs = images[sample_idx[:feature_images]]
-    pairs = make_pairs(faces.labels, n_folds=10, seed=seed)
+    check_data = CheckData(faces, images, embed(model, faces.images, normalization=meta["normalization"]),
+                      make_pairs(faces.labels, n_folds=10, seed=seed), sample_idx)
     probe_q = exported[variant]["probe"]
     scales = tap_scales(load_manifest(manifest_path_for(probe_q)))
     bar.set_postfix_str("features")
     reference = (feature_reference(model, LocalBoard(exported["float32"]["probe"]), feat_imgs, subspace_size,
                                    steps) if features else None)
     bar.set_postfix_str("host")
-    boards = [check_board(model, meta, LocalBoard(probe_q), faces, pairs, sample_idx, scales, thresholds_used,
+    boards = [check_board(model, LocalBoard(probe_q), check_data, scales, thresholds_used,
                           deploy_embeddings(exported[variant]["deploy"], images), reference)]
     bar.update()
     bar.set_postfix_str("boards")
     for url in agents:
         remote = RemoteBoard(url, probe_q, token)
-        boards.append(check_board(model, meta, remote, faces, pairs, sample_idx, scales, thresholds_used,
+        boards.append(check_board(model, remote, check_data, scales, thresholds_used,
                                   remote_embeddings(remote, model, images), reference))
     bar.update()
 
@@ -197,8 +208,8 @@ def run_check(
     if suggest == "always" or (suggest == "on-fail" and not passed):
         from .suggest import suggest_fix
 
-        suggestion = suggest_fix(model_path, model, meta, host, exported[variant], faces, calib_faces,
-                                 pairs, sample_idx, thresholds_used, reference, out / "suggestion", seed)
+        suggestion = suggest_fix(model_path, model, meta, host, exported[variant], check_data, calib_faces,
+                                 thresholds_used, reference, out / "suggestion", seed)
     bar.update()
     report = {
         "schema": REPORT_SCHEMA,
@@ -219,7 +230,7 @@ def run_check(
         "model": {"path": str(model_path), "architecture": meta.get("architecture"),
                   "input_shape": meta.get("input_shape")},
         "data": {"source": source, "images": int(len(faces.labels)), "identities": len(faces.names),
-                 "pairs": int(len(pairs.issame)), "tap_sample": int(len(sample_idx)),
+                 "pairs": int(len(check_data.pairs.issame)), "tap_sample": int(len(sample_idx)),
                  "calibration": (f"{calibration} ({calibration_identities or 'all'})" if calibration
                                  else "the check faces")},
         "thresholds": thresholds_used,

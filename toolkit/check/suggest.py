@@ -10,8 +10,7 @@ import numpy as np
 
 from device.manifest import load_manifest, manifest_path_for
 
-from ..data import denormalize, normalize
-from ..evaluate import embed
+from ..data import denormalize
 from ..export import export_model
 from .boards import LocalBoard
 from .gate import judge
@@ -19,10 +18,11 @@ from .levels import identity_level, rescore, tap_level, tap_scales
 
 
 def suggest_fix(model_path: str | os.PathLike, model, meta: dict, host: dict, variant_files: dict,
-                faces, calib_faces: np.ndarray, pairs, sample: np.ndarray, thresholds: dict,
-                reference: dict | None, out: Path, seed: int = 0) -> dict:
+                data, calib_faces: np.ndarray, thresholds: dict, reference: dict | None, out: Path,
+                seed: int = 0) -> dict:
     """Apply the fix the host board's results point to, re-run the check's tap and identity levels on the
-    new export, and report whether it passes and what it costs in size and batch-1 latency."""
+    new export (``data``: the check's ``CheckData``), and report whether it passes and what it costs in
+    size and batch-1 latency."""
     from .runner import deploy_embeddings, latency_ms, measured_checks
 
     variant = load_manifest(manifest_path_for(variant_files["deploy"]))["variant"]
@@ -44,11 +44,10 @@ def suggest_fix(model_path: str | os.PathLike, model, meta: dict, host: dict, va
     exported = export_model(model_path, out / "export", variants=(variant,), calibration=calibration,
                             keep_float=keep_float, seed=seed)[variant]
     board = LocalBoard(exported["probe"])
-    images = normalize(faces.images, meta["normalization"])
     scales = tap_scales(load_manifest(manifest_path_for(exported["probe"])))
-    taps = tap_level(model, board, images[sample], scales)
-    ident = identity_level(embed(model, faces.images, normalization=meta["normalization"]),
-                           deploy_embeddings(exported["deploy"], images), faces.labels, pairs)
+    taps = tap_level(model, board, data.images[data.sample], scales)
+    ident = identity_level(data.float_embeddings, deploy_embeddings(exported["deploy"], data.images),
+                           data.faces.labels, data.pairs)
     measured = measured_checks(taps, None, ident)
     if action == "calibrate_with_ascended_images":
         sat = rescore(model, board, reference["full_plan"], reference["full"])["saturation"]
