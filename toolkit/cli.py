@@ -10,7 +10,9 @@ import sys
 
 from .remote import AgentError
 
-COMMANDS = ("data", "train", "evaluate", "probe", "export", "check", "deploy", "report")
+COMMANDS = ("data", "train", "evaluate", "probe", "export", "check", "deploy", "report", "import")
+# Subcommand -> module where the name is a Python keyword.
+MODULES = {"import": "imports"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"toolkit.commands.{name}").add_parser(sub)
+        importlib.import_module(f"toolkit.commands.{MODULES.get(name, name)}").add_parser(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import keras
 
 from .blocks import pooled_embedding
+from .dlib_layers import DlibAddPrev
 from .mobilefacenet import mobilefacenet
 from .taps import (
     STAGES,
@@ -40,5 +41,5 @@ def get_model(name: str, **options) -> keras.Model:
     return REGISTRY[name](**options)
 
 
-__all__ = ["STAGES", "TapPoint", "TapSpec", "available_models", "get_model", "get_tap", "list_taps",
-           "pooled_embedding", "stage_taps", "tap_key", "tap_layer_name", "tap_model"]
+__all__ = ["STAGES", "DlibAddPrev", "TapPoint", "TapSpec", "available_models", "get_model", "get_tap",
+           "list_taps", "pooled_embedding", "stage_taps", "tap_key", "tap_layer_name", "tap_model"]

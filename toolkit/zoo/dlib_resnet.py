@@ -28,6 +28,7 @@ from keras import layers
 
 from ..data.normalize import DEFAULT_NORMALIZATION
 from .dlib_format import DlibFormatError, DlibLayer, DlibNet, read_network
+from .dlib_layers import DlibAddPrev
 from .stages import assign_stages
 from .taps import TapPoint, TapSpec
 
@@ -76,27 +77,6 @@ def _check_structure(net: DlibNet) -> None:
         raise DlibFormatError(f"the network is not dlib's face ResNet v1: layer {at} is "
                               f"{found[at] if at < len(found) else 'missing'}, expected "
                               f"{expected[at] if at < len(expected) else 'nothing'}")
-
-
-@keras.saving.register_keras_serializable(package="faceprobe")
-class DlibAddPrev(keras.layers.Layer):
-    """dlib's ``add_prev``: the sum of two maps of possibly different sizes, each zero-padded at the end of
-    every dimension (rows, columns, channels) to the larger size."""
-
-    def call(self, inputs):
-        a, b = inputs
-        if tuple(a.shape[1:]) == tuple(b.shape[1:]):
-            return a + b
-        target = [max(int(x), int(y)) for x, y in zip(a.shape[1:], b.shape[1:], strict=True)]
-
-        def pad(t):
-            return keras.ops.pad(t, [[0, 0]] + [[0, n - int(s)] for n, s in zip(target, t.shape[1:],
-                                                                                  strict=True)])
-        return pad(a) + pad(b)
-
-    def compute_output_shape(self, input_shapes):
-        a, b = input_shapes
-        return (a[0],) + tuple(max(int(x), int(y)) for x, y in zip(a[1:], b[1:], strict=True))
 
 
 class _State:
