@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .align import align_face, aligner
 from .crop import crop_face, face_detector, resize_square
 from .decode import UnreadableImage, read_image
 from .faceset import FaceSet, natural_key
@@ -32,14 +33,16 @@ def _identity_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = False,
-                          min_identities: int = 2, progress: bool = True) -> FaceSet:
+                          min_identities: int = 2, progress: bool = True, align: bool = False) -> FaceSet:
     """Load ``root/<identity>/<image>`` into a FaceSet of ``image_size`` square RGB images.
 
     Files directly under ``root`` and hidden entries are not part of any identity and are ignored. Every
     other file is decoded (any format OpenCV reads; Pillow for GIF and the rest); unreadable files are
     skipped and reported by path, folders left without images are reported as empty identities.
     ``crop=True`` crops around the largest detected face (centre crop when none is found); otherwise the
-    whole image is resized, as for datasets of face crops.
+    whole image is resized, as for datasets of face crops. ``align=True`` makes dlib's aligned chip of the
+    largest face (see `align`); images without a face are loaded as ``crop`` says and listed in
+    ``crop_fallbacks``.
     """
     root = Path(root)
     if not root.exists():
@@ -49,8 +52,10 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
         raise ValueError(f"{root} is a file; give the folder that holds one sub-folder per identity")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-    if crop:
-        face_detector()  # fail before loading anything when cropping is impossible
+    if crop or align:
+        face_detector()  # fail before loading anything when detection is impossible
+    if align:
+        aligner()
     folders = sorted((p for p in root.iterdir() if p.is_dir() and _visible(p)),
                      key=lambda p: natural_key(p.name))
 
@@ -69,17 +74,20 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
             skipped.append((str(path), str(exc)))
             continue
         sizes.append(rgb.shape[:2])
-        if crop:
+        chip = align_face(rgb, image_size) if align else None
+        if align and chip is None:
+            fallbacks.append(str(path))
+        if crop and chip is None:
             rgb, found = crop_face(rgb)
-            if not found:
+            if not found and not align:
                 fallbacks.append(str(path))
-        images.append(resize_square(rgb, image_size))
+        images.append(chip if chip is not None else resize_square(rgb, image_size))
         names_per_image.append(name)
         paths.append(str(path))
 
     names = sorted(set(names_per_image), key=natural_key)
     empty = [f.name for f in folders if f.name not in set(names)]
-    _warn(root, skipped, empty, fallbacks)
+    _warn(root, skipped, empty, fallbacks, "centre crop" if crop else "whole image")
     if len(names) < min_identities:
         raise ValueError(
             f"{root} has {len(names)} usable identities, need at least {min_identities} "
@@ -98,7 +106,8 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
     )
 
 
-def _warn(root: Path, skipped: list[tuple[str, str]], empty: list[str], fallbacks: list[str]) -> None:
+def _warn(root: Path, skipped: list[tuple[str, str]], empty: list[str], fallbacks: list[str],
+          used: str = "centre crop") -> None:
     if skipped:
         listed = "; ".join(f"{p}: {r}" for p, r in skipped[:_LISTED])
         more = f"; and {len(skipped) - _LISTED} more" if len(skipped) > _LISTED else ""
@@ -107,5 +116,7 @@ def _warn(root: Path, skipped: list[tuple[str, str]], empty: list[str], fallback
         warnings.warn(f"skipped {len(empty)} identity folders without a usable image in {root}: "
                       f"{', '.join(empty)}", stacklevel=3)
     if fallbacks:
-        warnings.warn(f"no face found in {len(fallbacks)} images in {root}; used a centre crop for them "
-                      f"(first: {fallbacks[0]})", stacklevel=3)
+        listed = ", ".join(fallbacks[:_LISTED]) + (f" and {len(fallbacks) - _LISTED} more"
+                                                   if len(fallbacks) > _LISTED else "")
+        warnings.warn(f"no face found in {len(fallbacks)} images in {root}; used the {used} for them: "
+                      f"{listed}", stacklevel=3)
