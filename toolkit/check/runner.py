@@ -35,11 +35,11 @@ REPORT_SCHEMA = "faceprobe.check-report/1"
 
 
 def load_faces(data: str | os.PathLike | None, size: int, out: Path,
-               identities: str | None = None) -> tuple[FaceSet, str]:
+               identities: str | None = None, align: bool = False) -> tuple[FaceSet, str]:
     """The faces the check runs on: a folder of identity folders (optionally only ``identities``, e.g.
-    "s31-s40"), or synthetic faces written into ``out``."""
+    "s31-s40"), or synthetic faces written into ``out``; ``align``: dlib's aligned chips of the faces."""
     if data is not None:
-        faces = load_identity_folders(data, image_size=size, progress=False)
+        faces = load_identity_folders(data, image_size=size, progress=False, align=align)
         if identities:
             from ..training.config import parse_identities
 
@@ -151,6 +151,7 @@ def run_check(
     suggest: str = "on-fail",
     seed: int = 0,
     progress: bool = True,
+    align: bool = False,
 ) -> dict:
     """Run the check and write report.json (+ figures and report.html) into ``out_dir``; returns the report.
 
@@ -167,8 +168,8 @@ def run_check(
     model, meta = load_face_model(model_path)
     size = int(model.input_shape[1])
     thresholds_used = load_thresholds(thresholds)
-    faces, source = load_faces(data, size, out, identities)
-    calib_faces = (load_faces(calibration, size, out, calibration_identities)[0].images
+    faces, source = load_faces(data, size, out, identities, align)
+    calib_faces = (load_faces(calibration, size, out, calibration_identities, align)[0].images
                    if calibration else faces.images)
     bar.set_postfix_str("export")
     # The float32 TFLite is the feature level's reference; a taken variant is not exported again.

