@@ -36,17 +36,16 @@ ACTIVATION_NAMES = {"relu", "relu6", "leaky_relu", "elu", "gelu", "swish", "silu
 
 
 def load_foreign_model(path: str | Path) -> keras.Model:
-    """A .keras or .h5 model, or a SavedModel folder (as an opaque layer)."""
+    """A .keras or .h5 model; a SavedModel folder is refused with the reason (see the module doc)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no model at {path}: pass a .keras or .h5 file, or a SavedModel folder")
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ValueError(f"{path} is a folder without saved_model.pb, not a SavedModel")
-        layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
-        raise ValueError(f"{path} is a SavedModel: Keras 3 loads it only as one opaque layer ({layer.name}), "
-                         "whose inner tensors cannot be tapped; save the model as .keras (model.save) and "
-                         "import that")
+        raise ValueError(f"{path} is a SavedModel: Keras 3 loads one only as a single opaque layer "
+                         "(keras.layers.TFSMLayer), whose inner tensors cannot be tapped; save the model as "
+                         ".keras (model.save('model.keras')) and import that")
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ValueError(f"{path} is not a Keras model file: pass .keras or .h5 (or a SavedModel folder)")
     try:
