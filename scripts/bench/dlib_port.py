@@ -88,10 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     index = {path: i for i, path in enumerate(fs.paths)}
     rows = np.array([index[path] for path in eval_fs.paths])
 
-    def accuracy(embeddings: np.ndarray) -> float:
+    def verification(embeddings: np.ndarray) -> dict:
         e = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-        return verification_metrics(pair_scores(e, pairs.left, pairs.right), pairs.issame,
-                                    pairs.fold)["verification_accuracy"]
+        return verification_metrics(pair_scores(e, pairs.left, pairs.right), pairs.issame, pairs.fold)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
@@ -100,20 +99,22 @@ def main(argv: list[str] | None = None) -> int:
                              args.calibration_size, args.seed, progress=not args.json)
         deploy = {v: files[v]["deploy"] for v in files}
         x = normalize(eval_fs.images)
-        int8_emb = np.concatenate([Runtime(deploy["int8"]).run(x[s:s + 16])["embedding"]
-                                   for s in range(0, len(x), 16)])
+        runtime = Runtime(deploy["int8"])
+        int8 = verification(np.concatenate([runtime.run(x[s:s + 16])["embedding"]
+                                            for s in range(0, len(x), 16)]).astype(np.float64))
         sizes = {v: deploy[v].stat().st_size for v in deploy}
         ms = batch1_latencies(deploy, (size, size, 3), args.repeats)
 
+    port_v, dlib_v = verification(port[rows]), verification(ref[rows])
     report = {
         "images": int(len(fs)),
         "min_cosine_to_dlib": float(cos.min()),
         "mean_cosine_to_dlib": float(cos.mean()),
-        "verification_accuracy": accuracy(port[rows]),
-        "dlib_verification_accuracy": accuracy(ref[rows]),
+        "verification_accuracy": port_v["verification_accuracy"],
+        "dlib_verification_accuracy": dlib_v["verification_accuracy"],
         "params": int(model.count_params()),
         "int8": {
-            "verification_accuracy": accuracy(np.asarray(int8_emb, np.float64)),
+            "verification_accuracy": int8["verification_accuracy"],
             "size_bytes": int(sizes["int8"]),
             "size_ratio": sizes["int8"] / sizes["float32"],
             "speedup_b1": ms["float32"] / ms["int8"],
@@ -126,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"images                      {report['images']}")
     print(f"cosine to dlib (min / mean) {report['min_cosine_to_dlib']:.7f} / "
           f"{report['mean_cosine_to_dlib']:.7f}")
-    print(f"verification, port float32  {report['verification_accuracy']:.2%}  ({len(pairs)} pairs, "
-          f"{eval_fs.names[0]}..{eval_fs.names[-1]})")
-    print(f"verification, dlib          {report['dlib_verification_accuracy']:.2%}")
+    print(f"verification, port float32  {report['verification_accuracy']:.2%} ± {port_v['accuracy_std']:.2%} "
+          f"over folds ({len(pairs)} pairs, {eval_fs.names[0]}..{eval_fs.names[-1]})")
+    print(f"verification, dlib          {report['dlib_verification_accuracy']:.2%} ± "
+          f"{dlib_v['accuracy_std']:.2%}")
     print(f"parameters                  {report['params']:,} (dlib's file: {origin['dlib_params']:,}, "
           "batch norms folded into the convs)")
     q = report["int8"]
-    print(f"int8 deploy                 {q['verification_accuracy']:.2%}, {q['size_bytes']:,} bytes "
+    print(f"int8 deploy                 {q['verification_accuracy']:.2%} ± {int8['accuracy_std']:.2%}, "
+          f"{q['size_bytes']:,} bytes "
           f"(x{q['size_ratio']:.2f} of float32), batch-1 speed-up x{q['speedup_b1']:.2f} "
           f"({ms['float32']:.1f} ms -> {ms['int8']:.1f} ms)")
     return 0
