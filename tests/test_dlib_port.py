@@ -132,3 +132,21 @@ def test_import_dlib_writes_a_model_file_that_loads_and_matches(tmp_path, capsys
     assert len(meta["taps"]) == 29
     assert check_against_dlib(model, n=2, seed=3)["min_cosine"] >= 0.9999
     assert main(["import", "dlib", "--out", str(tmp_path / "x.keras"), "--tap", "stem"]) == 2
+
+
+@needs_dlib
+@needs_orl
+def test_evaluate_with_crop_and_align_keeps_its_keys(orl_few, tmp_path, capsys):
+    import json
+
+    from toolkit.cli import main
+    from toolkit.modelfile import save_face_model
+    from toolkit.zoo import get_model
+
+    model = save_face_model(get_model("tiny", input_size=48), tmp_path / "tiny.keras")
+    plain = ["evaluate", str(model), "--data", str(orl_few), "--folds", "2", "--json"]
+    assert main(plain) == 0
+    keys = set(json.loads(capsys.readouterr().out))
+    assert main([*plain, "--crop", "--align"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == keys and result["images"] == len(FILES)
