@@ -163,8 +163,8 @@ def _build(net: DlibNet, stages: dict[str, str] | None) -> tuple[keras.Model, li
                 state = _State(x, state.stride * stride, state.rf + (window[0] - 1) * state.stride)
         elif kind == "add_prev":
             prev = tags[token[1]]
-            x = DlibAddPrev(name=f"add_prev_{sum(1 for t in taps if t.name.endswith('/sum')) + 1}")(
-                [state.x, prev.x])
+            # Block k's sum follows 2k taps: the stem's, then conv1 of blocks 1..k and the sums of 1..k-1.
+            x = DlibAddPrev(name=f"add_prev_{len(taps) // 2}")([state.x, prev.x])
             state = _State(x, max(state.stride, prev.stride), max(state.rf, prev.rf))
         elif kind == "fc":
             dense = layers.Dense(layer.settings["outputs"], use_bias=False, name="embedding")
