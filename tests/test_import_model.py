@@ -18,10 +18,18 @@ from toolkit.zoo.imported import import_keras_model
 
 
 def mobilenet_face(size: int = 64) -> keras.Model:
-    """MobileNetV2 (untrained, width 0.35) nested in a model with a 64-d embedding head."""
+    """MobileNetV2 (untrained, width 0.35) nested in a model with a 64-d embedding head.
+
+    Freshly initialised, its batch norms' unit variances shrink the activations ~1e4x per few blocks (the
+    embedding comes out ~1e-11), which no int8 grid can hold; population statistics on smooth random
+    images make them what a trained network's would be: normalised."""
+    from toolkit.training.batchnorm import reestimate_batchnorm
+
     keras.utils.set_random_seed(0)
     base = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(size, size, 3),
                                           alpha=0.35)
+    coarse = np.random.default_rng(0).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
+    reestimate_batchnorm(base, np.kron(coarse, np.ones((1, size // 8, size // 8, 1), np.float32)))
     x = keras.Input((size, size, 3))
     h = layers.GlobalAveragePooling2D()(base(x))
     return keras.Model(x, layers.Dense(64, name="embedding")(h), name="mobilenetv2_face")
@@ -117,8 +125,11 @@ def test_cli_import_bad_inputs_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mnv2_fp.keras", "prelu_fp.keras"])
-def test_imported_models_probe_export_int8_and_check(saved, name, tmp_path, capsys):
+@pytest.mark.parametrize("name, variant", [("prelu_fp.keras", "int8"), ("mnv2_fp.keras", "float16")])
+def test_imported_models_probe_export_and_check(saved, name, variant, tmp_path, capsys):
+    """The PReLU CNN goes through int8. The untrained MobileNetV2 goes through float16: its int8 deploy and
+    probe embeddings agree only at cosine 0.63-0.75 (measured at widths 1.0 and 0.35; 17 random blocks
+    amplify rounding), which the export's own verification refuses, as it should."""
     from toolkit.data import synthesize
 
     model_path = saved / name
@@ -129,12 +140,12 @@ def test_imported_models_probe_export_int8_and_check(saved, name, tmp_path, caps
                  "--steps", "3", "--out", str(tmp_path / "probe"), "--json"]) == 0
     probe = json.loads(capsys.readouterr().out)
     assert set(probe["stages"]) == {"first", "middle", "last"}
-    assert main(["export", str(model_path), "--variants", "int8", "--calibration", str(faces),
+    assert main(["export", str(model_path), "--variants", variant, "--calibration", str(faces),
                  "--out", str(tmp_path / "export"), "--json"]) == 0
-    exported = json.loads(capsys.readouterr().out)["variants"]["int8"]
+    exported = json.loads(capsys.readouterr().out)["variants"][variant]
     assert exported["deploy"]["verification"]["embedding_cosine_vs_keras"] > 0.9
-    code = main(["check", str(model_path), "--out", str(tmp_path / "check"), "--sample", "8",
-                 "--suggest", "never", "--json"])
+    code = main(["check", str(model_path), "--variant", variant, "--out", str(tmp_path / "check"),
+                 "--sample", "8", "--suggest", "never", "--json"])
     assert code in (0, 1)  # a verdict either way: untrained weights decide pass or fail
     summary = json.loads(capsys.readouterr().out)
-    assert summary["variant"] == "int8" and summary["passed"] == (code == 0)
+    assert summary["variant"] == variant and summary["passed"] == (code == 0)
