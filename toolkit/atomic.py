@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from device.files import write_atomic
+from device.files import commit, write_atomic
 
 
 @contextlib.contextmanager
@@ -28,7 +28,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
+        commit(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

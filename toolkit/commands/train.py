@@ -20,13 +20,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run dir's last completed epoch (same total schedule)")
-    p.add_argument("--epochs", type=int, help="override the recipe's total epochs")
+    p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's epochs)")
     p.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
-                   help="tf.distribute strategy (multi-worker reads TF_CONFIG)")
+                   help="tf.distribute strategy (multi-worker reads TF_CONFIG; default: the recipe's "
+                        "strategy, usually default)")
     p.add_argument("--identities", help="train on these identities only, e.g. s1-s30 or alice,bob")
     p.add_argument("--crop", action="store_true", default=None, help="detect and crop faces while loading")
-    p.add_argument("--batch-size", type=int, help="override the recipe's global batch size")
-    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's batch_size)")
+    p.add_argument("--seed", type=int, help="random seed (default: the recipe's seed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key (repeatable), e.g. --set margin=0.4")
     p.add_argument("--probe-every", type=int, metavar="K",
