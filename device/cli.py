@@ -105,7 +105,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _interrupt_hint(args: argparse.Namespace) -> str:
     if args.command == "serve":
         return f"stopped serving; the store {args.store} is kept"
-    return f"{args.out} is as it was; run the same command again"
+    return f"nothing was written to {args.out}; run the same command again"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,8 +41,13 @@ def _number(kind: type, test: Callable[[float], bool], what: str) -> Callable[[s
     return parse
 
 
-positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+    return _number(int, lambda v: v >= low, "a positive integer" if low == 1 else f"an integer >= {low}")
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a number > 0")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 port_number = _number(int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")

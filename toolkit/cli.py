@@ -14,6 +14,7 @@ from device import console
 from .remote import AgentError
 
 COMMANDS = ("data", "train", "evaluate", "probe", "export", "check", "deploy", "report")
+COMMAND_ATTRS = ("command", "data_command")  # the attributes naming the subcommand (and its action)
 
 EXAMPLES = {
     "": """faceprobe data synth --out faces --identities 20 --images 12
@@ -82,13 +83,34 @@ def interrupt_hint(args: argparse.Namespace) -> str:
     if args.command == "train":
         return f"continue with `faceprobe train --out {args.out} --resume`"
     out = getattr(args, "out", None)
-    kept = f"{out} is as it was; " if out else "nothing was written; "
-    return kept + "run the same command again"
+    return f"nothing was written{f' to {out}' if out else ''}; run the same command again"
+
+
+# Arguments that name a command's inputs: none may lie inside the output folder it replaces.
+INPUT_ARGS = ("model", "plan", "images", "data", "calibration", "quantized", "thresholds", "pairs", "tflite")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the command; one that declares ``outputs`` (the files that mark its output folder) writes into
+    ``--out`` through ``atomic.output_dir``: refused when it holds something unless --force, never mixed."""
+    markers = getattr(args, "outputs", None)
+    if not markers or not getattr(args, "out", None):
+        return args.run(args)
+    from .atomic import output_dir
+
+    inputs = [p for name in INPUT_ARGS for p in _as_list(getattr(args, name, None))]
+    with output_dir(args.out, args.force, markers, console.command_name("faceprobe", args, COMMAND_ATTRS),
+                    inputs=inputs):
+        return args.run(args)
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return console.run_cli("faceprobe", build_parser(), argv, lambda args: args.run(args),
-                           command_attrs=("command", "data_command"), interrupt_hint=interrupt_hint,
+    return console.run_cli("faceprobe", build_parser(), argv, dispatch,
+                           command_attrs=COMMAND_ATTRS, interrupt_hint=interrupt_hint,
                            own=[Path(__file__).parent], expected=(*console.EXPECTED_ERRORS, AgentError),
                            before=quiet_libraries)
 

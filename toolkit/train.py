@@ -254,10 +254,6 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     if train_set.image_size != config.input_size:
         raise ValueError(f"training images are {train_set.image_size} px but the recipe's input_size is "
                          f"{config.input_size}; load the data at the model's size")
-    atomic.write_json(run_dir / "config.json", {
-        **config.to_dict(), "resolved": {"identities": n_classes, "images": n_images,
-                                         "names": train_set.names,
-                                         "replicas": int(strategy.num_replicas_in_sync)}})
 
     fingerprint = _fingerprint(config, n_classes, n_images)
     keras.utils.set_random_seed(config.seed)
@@ -275,6 +271,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         log(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
         # Re-seed by epoch so a resumed run is itself reproducible.
         keras.utils.set_random_seed(config.seed + start_epoch)
+    # Written once the checkpoint (if any) is known to belong to this run: a refused resume changes nothing.
+    atomic.write_json(run_dir / "config.json", {
+        **config.to_dict(), "resolved": {"identities": n_classes, "images": n_images,
+                                         "names": train_set.names,
+                                         "replicas": int(strategy.num_replicas_in_sync)}})
 
     train_seconds = 0.0
     if start_epoch < config.epochs:

@@ -7,6 +7,9 @@ import json
 import os
 
 from device.cli import TOKEN_ENV
+from device.console import non_negative_int, positive_int
+
+from . import writes_folder
 
 
 def add_parser(subparsers) -> None:
@@ -35,10 +38,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to check on as well (repeat, or comma-separated)")
     p.add_argument("--token", default=None, help=f"bearer token of the agents (default: ${TOKEN_ENV})")
-    p.add_argument("--sample", type=int, default=32, help="faces used for the tap comparison (default 32)")
-    p.add_argument("--feature-images", type=int, default=1,
+    p.add_argument("--sample", type=positive_int, default=32,
+                   help="faces used for the tap comparison (default 32)")
+    p.add_argument("--feature-images", type=positive_int, default=1,
                    help="start images of the feature comparison (default 1)")
-    p.add_argument("--feature-subspace", type=int, default=3, metavar="N",
+    p.add_argument("--feature-subspace", type=positive_int, default=3, metavar="N",
                    help="the feature level's subspace: the N x N lowest DCT frequencies per channel "
                         "(default 3)")
     p.add_argument("--no-features", action="store_true", help="skip the feature level (the slowest)")
@@ -48,8 +52,10 @@ def add_parser(subparsers) -> None:
                    help="check this exported deploy model (its .probe.tflite beside it) instead of exporting")
     p.add_argument("--suggest", default="on-fail", choices=["on-fail", "always", "never"],
                    help="re-export with the localised fix and re-check (default: when the check fails)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the sampled faces, the pairs and the finite-difference perturbations")
     p.add_argument("--json", action="store_true", help="print the report's summary as JSON")
+    writes_folder(p, "report.json")
     p.set_defaults(run=run)
 
 

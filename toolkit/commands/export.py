@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 
+from device.console import non_negative_int, positive_int
+
+from . import writes_folder
+
 DEFAULT_VARIANTS = "float32,int8"
 
 
@@ -23,14 +27,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--calibration", default=None,
                    help="folder of identity folders of training faces, for int8 calibration")
-    p.add_argument("--calibration-size", type=int, default=200,
+    p.add_argument("--calibration-size", type=positive_int, default=200,
                    help="faces drawn for int8 calibration (default 200)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="taps whose blocks stay float in int8 (e.g. stage2/block1)")
     p.add_argument("--int8-io", action="store_true", help="int8 input and outputs for the int8 variant "
                    "(default: float in and out, quantised inside)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the calibration sample")
     p.add_argument("--json", action="store_true", help="print the files, sizes and checks as JSON")
+    writes_folder(p, "*.manifest.json")
     p.set_defaults(run=run)
 
 
