@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -49,6 +50,15 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """Parse the JSON file at ``path``; a damaged one is a ValueError naming it and what it should be."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid JSON {what} ({exc}); write it again") from None
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

@@ -80,12 +80,18 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(summary['boards'])}")
         print(f"  verification accuracy  float {acc['float']:.4f}  quantized {acc['quantized']:.4f}  "
               f"(drop {summary['accuracy_drop_pp']:.2f} pp)")
-        print(f"  worst tap {summary['worst_tap']}; first broken tap {summary['first_broken_tap']}")
-        for name in summary["failed_checks"]:
-            print(f"  failed: {name}")
+        print(f"  worst tap {summary['worst_tap']}; first broken tap "
+              f"{summary['first_broken_tap'] or 'none (every tap within its thresholds)'}")
+        for board in report.get("boards", []):
+            for v in board.get("verdicts", []):
+                if not v["passed"]:
+                    print(f"  failed on {board['name']}: {v['name']} {v['value']:.4g} "
+                          f"(needs {'>=' if v['direction'] == 'min' else '<='} {v['threshold']:g})")
         if summary["suggestion"]:
             s = summary["suggestion"]
-            print(f"  suggestion: {s['action']} {s['tap'] or ''} -> "
+            fix = (f"--keep-float {s['tap']}" if s["action"] == "keep_float"
+                   else s["action"].replace("_", " "))
+            print(f"  suggestion: {fix} -> "
                   f"{'passes' if s['passed_after'] else 'still fails'} (size x{s['size_ratio']:.2f}, "
                   f"latency x{s['latency_ratio']:.2f})")
         print(f"  report: {args.out}/report.html")
