@@ -72,7 +72,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
+        if ("default" in text or default is None or default is False or default == []
+                or default == argparse.SUPPRESS
                 or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
             return text
         shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default

@@ -105,7 +105,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+    """The paths in an argument's value (e.g. `data synth --images` is a count, not a path)."""
+    values = value if isinstance(value, list | tuple) else [value]
+    return [v for v in values if isinstance(v, str | os.PathLike)]
 
 
 def main(argv: list[str] | None = None) -> int:
