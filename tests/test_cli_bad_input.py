@@ -273,6 +273,7 @@ window.addEventListener('load', () => {
   const head = document.querySelector('h1');
   const parts = [head, ...head.parentElement.querySelectorAll('code')];
   const out = {scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
+               bodyOverflow: document.body.scrollWidth - document.body.clientWidth,
                text: parts.map(e => ({text: e.textContent.slice(0, 60), color: getComputedStyle(e).color,
                                       background: bg(e)}))};
   document.documentElement.setAttribute('data-measured', JSON.stringify(out));
@@ -330,6 +331,7 @@ def test_reports_are_legible_at_1280_px(world, tmp_path):
         m = measure_in_browser(browser, page, tmp_path)
         assert m["innerWidth"] == WIDTH
         assert m["scrollWidth"] <= WIDTH, f"{page} is {m['scrollWidth']} px wide at {WIDTH} px"
+        assert m["bodyOverflow"] <= 0, f"{page}: content runs {m['bodyOverflow']} px past the page's edge"
         for part in m["text"]:
             ratio = _contrast(part["color"], part["background"])
             assert ratio >= 4.5, f"{page}: {part['text']!r} is {part['color']} on {part['background']}"
