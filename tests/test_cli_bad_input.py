@@ -336,3 +336,28 @@ def test_reports_are_legible_at_1280_px(world, tmp_path):
             ratio = _contrast(part["color"], part["background"])
             assert ratio >= 4.5, f"{page}: {part['text']!r} is {part['color']} on {part['background']}"
     assert len(m["text"]) >= 2  # the check's headline: its words and its code spans (worst tap, ...)
+
+
+def test_thin_data_is_named_in_warnings_and_inspect(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from toolkit.cli import main
+    from toolkit.data import load_identity_folders
+
+    for person, shapes in {"a": [(1, 1), (80, 80)], "b": [(80, 80)], "c": [(80, 80), (80, 80)]}.items():
+        (tmp_path / person).mkdir()
+        for k, shape in enumerate(shapes):
+            cv2.imwrite(str(tmp_path / person / f"{k}.png"), np.full((*shape, 3), 40 * k + 60, np.uint8))
+    with pytest.warns(UserWarning) as caught:
+        load_identity_folders(tmp_path, image_size=64, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("smaller than the model's 64 px input" in m and "1x1" in m and "a/0.png" in m
+               for m in messages)
+    assert any("1 identities" in m and "single image (b)" in m for m in messages)
+    assert main(["data", "inspect", str(tmp_path), "--size", "64", "--crop"]) == 0
+    out = capsys.readouterr().out
+    assert "identities with a single image: b" in out and "smaller than 64 px (enlarged): 1" in out
+    # Flat grey squares hold no face: inspect names every one of them.
+    assert "no face found (centre crop used): 5" in out
+    assert all(f"{tmp_path / p}" in out for p in ("a/0.png", "a/1.png", "b/0.png", "c/0.png", "c/1.png"))

@@ -77,7 +77,9 @@ def _inspect(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # everything the warnings say is in the report below
         fs = load_identity_folders(args.dir, image_size=args.size, crop=args.crop, progress=not args.json)
-    summary = {"dir": str(args.dir), **fs.summary()}
+    summary = {"dir": str(args.dir), **fs.summary(), "crop_fallback_files": list(fs.crop_fallbacks),
+               "single_image_identities": [n for n, c in fs.counts().items() if c == 1],
+               "enlarged_images": int((fs.source_sizes.min(axis=1) < args.size).sum()) if len(fs) else 0}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -93,8 +95,13 @@ def _table(s: dict, crop: bool) -> str:
              f"{'identity':<{width}}  images"]
     lines += [f"{name:<{width}}  {n:>6}" for name, n in counts.items()]
     lines.append("source sizes (WxH): " + ", ".join(f"{k} x{v}" for k, v in s["source_sizes"].items()))
+    if s["enlarged_images"]:
+        lines.append(f"images smaller than {s['image_shape'][0]} px (enlarged): {s['enlarged_images']}")
+    if s["single_image_identities"]:
+        lines.append(f"identities with a single image: {', '.join(s['single_image_identities'])}")
     if crop:
         lines.append(f"no face found (centre crop used): {s['crop_fallbacks']}")
+        lines += [f"  {path}" for path in s["crop_fallback_files"]]
     lines.append(f"unreadable files skipped: {s['skipped']}")
     lines += [f"  {f['path']}: {f['reason']}" for f in s["skipped_files"]]
     if s["empty_identities"]:
