@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from device.manifest import load_manifest, manifest_path_for
 
+    from ..check.runner import latency_ms
     from ..export import ExportVerificationError, export_model
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -60,14 +61,17 @@ def run(args: argparse.Namespace) -> int:
             manifest = load_manifest(manifest_path_for(path))
             summary[variant][role] = {"file": str(path), "manifest": str(manifest_path_for(path)),
                                       "bytes": manifest["bytes"], "sha256": manifest["sha256"],
+                                      "latency_ms": latency_ms(path, tuple(manifest["input"]["shape"][1:])),
                                       "verification": manifest["verification"]}
     if args.json:
         print(json.dumps({"variants": summary}, indent=2))
         return 0
-    print(f"{'variant':<14}{'role':<8}{'bytes':>10}  {'deploy~probe cos':>16}  {'vs Keras cos':>12}  file")
+    # Latency: median of 30 batch-1 runs on this machine's interpreter, 1 thread (as the check measures it).
+    print(f"{'variant':<14}{'role':<8}{'bytes':>10}{'b1 ms':>9}  {'deploy~probe cos':>16}  "
+          f"{'vs Keras cos':>12}  file")
     for variant, roles in summary.items():
         for role, s in roles.items():
             v = s["verification"]
-            print(f"{variant:<14}{role:<8}{s['bytes']:>10}  {v['deploy_probe_cosine']:>16.6f}  "
-                  f"{v['embedding_cosine_vs_keras']:>12.6f}  {s['file']}")
+            print(f"{variant:<14}{role:<8}{s['bytes']:>10}{s['latency_ms']:>9.2f}  "
+                  f"{v['deploy_probe_cosine']:>16.6f}  {v['embedding_cosine_vs_keras']:>12.6f}  {s['file']}")
     return 0
