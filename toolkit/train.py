@@ -2,7 +2,8 @@
 
 `train(config, out_dir)` leaves in the run dir: ``config.json`` (the resolved recipe and the data used),
 ``checkpoints/last.npz`` (weights, optimizer state, epoch, history; rewritten atomically every epoch),
-``logs/`` (TensorBoard), ``history.json``, ``train.json`` (the result) and ``model.keras`` (the
+``logs/`` (TensorBoard: loss, accuracy, learning rate and training-face verification accuracy per
+epoch), ``history.json``, ``train.json`` (the result) and ``model.keras`` (the
 embedding model, head dropped, with its taps and normalisation).
 """
 
@@ -281,6 +282,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     if start_epoch < config.epochs:
         callbacks = _make_callbacks(run_dir, training_model, optimizer, history, fingerprint, config.epochs,
                                     steps, progress)
+        if config.strategy != "multi-worker":  # first: the checkpoint and TensorBoard record what it adds
+            from .training.summaries import VerificationMetric
+
+            callbacks.insert(0, VerificationMetric(embedding, train_set.images, train_set.labels,
+                                                   seed=config.seed))
         for extra in extra_callbacks:
             callbacks.append(extra if isinstance(extra, keras.callbacks.Callback)
                              else extra(embedding, train_set, run_dir))

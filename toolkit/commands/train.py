@@ -94,15 +94,22 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     extra = []
     if args.probe_every is not None:
-        if args.probe_every < 1:
-            raise ValueError(f"--probe-every must be >= 1, got {args.probe_every}")
         from ..probe.emergence import EmergenceCallback
+        from ..training.summaries import ProbePictures
+
+        made: list[EmergenceCallback] = []
 
         def emergence(embedding_model, train_set, run_dir: Path):
-            return EmergenceCallback(embedding_model, train_set.images, every=args.probe_every,
-                                     out_dir=Path(run_dir) / "emergence")
+            made.append(EmergenceCallback(embedding_model, train_set.images, every=args.probe_every,
+                                          out_dir=Path(run_dir) / "emergence"))
+            return made[-1]
 
-        extra.append(emergence)
+        def pictures(embedding_model, train_set, run_dir: Path):  # after `emergence`: shows its snapshots
+            cb = made[-1]
+            return ProbePictures(cb.out_dir / "snapshots", Path(run_dir) / "logs" / "probe",
+                                 [cb.stages[t["tap"]] for t in cb.plan.targets])
+
+        extra += [emergence, pictures]
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     result = train(config, args.out, resume=args.resume, extra_callbacks=extra, progress=True, log=log)
     if args.json:
