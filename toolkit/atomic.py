@@ -64,20 +64,20 @@ def output_dir(path: str | os.PathLike, force: bool, markers: Sequence[str], com
     one of ``markers`` (globs: the sign of an earlier output of the same ``command``); then it is moved
     aside and deleted only once the new outputs are complete. When the command fails, is interrupted or
     writes nothing, what it wrote is removed and the old folder put back. ``inputs`` must not lie inside
-    the folder.
+    a folder that is replaced.
     """
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise ValueError(f"--out {target} is a file; give a folder for the outputs")
-    for item in inputs:
-        if item and target.resolve() in Path(item).resolve().parents:
-            raise ValueError(f"--out {target} holds the input {item}; choose another --out")
     existed = target.is_dir()
     old = None
     if existed and any(target.iterdir()):
         if not force:
             raise ValueError(f"--out {target} already exists and is not empty; pass --force to replace it "
                              "or choose another folder")
+        for item in inputs:
+            if item and target.resolve() in Path(item).resolve().parents:
+                raise ValueError(f"--out {target} holds the input {item}; choose another --out")
         if not any(any(target.glob(m)) for m in markers):
             raise ValueError(f"--out {target} holds files that `{command}` did not write (no "
                              f"{' or '.join(markers)}); "
