@@ -112,6 +112,8 @@ FACEPROBE_CASES = [
     (["evaluate", "{w}/model.keras", "--data", "{w}/faces", "--out", "{w}/result.json"], "result.json"),
     (["evaluate", "{w}/model.keras", "--data", "{w}/faces", "--out", "{w}/existing"], "is a folder"),
     (["evaluate", "{w}/fake.keras", "--data", "{w}/faces"], "not a Keras model file"),
+    (["evaluate", "{w}/model.keras", "--data", "{w}/nope"], "--data {w}/nope"),
+    (["check", "{w}/export/model.float32.tflite", "--out", "{w}/new"], "is a TFLite model"),
     (["evaluate", "{w}/model.keras", "--data", "{w}/faces", "--pairs", "{w}/corrupt.json"], "corrupt.json"),
     (["probe", "{w}/model.keras", "--out", "{w}/new", "--n-images", "-2"], "--n-images"),
     (["probe", "{w}/model.keras", "--out", "{w}/new", "--n-images", "0"], "--n-images"),

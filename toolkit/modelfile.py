@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from device.files import read_json
 
 from . import atomic
 from .data.normalize import DEFAULT_NORMALIZATION
-from .zoo import list_taps
+
+if TYPE_CHECKING:
+    import keras
 
 
 def meta_path(model_path: str | os.PathLike) -> Path:
@@ -22,6 +23,8 @@ def meta_path(model_path: str | os.PathLike) -> Path:
 
 def save_face_model(model: keras.Model, path: str | os.PathLike, **meta) -> Path:
     """Save atomically, with the tap list and normalisation beside it. Returns the model path."""
+    from .zoo import list_taps
+
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"model path must end in .keras, got {path}")
@@ -39,8 +42,8 @@ def save_face_model(model: keras.Model, path: str | os.PathLike, **meta) -> Path
     return path
 
 
-def load_face_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
-    """Load a saved face model and its metadata (defaults when the sidecar is absent)."""
+def check_model_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a .keras model file; otherwise an error that says what it is and what to pass."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: pass the model.keras written by `faceprobe train`")
@@ -50,6 +53,16 @@ def load_face_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a Keras model file (a .keras zip archive); pass the model.keras "
                          "written by `faceprobe train`")
+    return path
+
+
+def load_face_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """Load a saved face model and its metadata (defaults when the sidecar is absent)."""
+    path = check_model_file(path)
+    import keras  # after the checks: a wrong file is named at once, before TensorFlow loads
+
+    from .zoo import list_taps
+
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many kinds for a bad archive; its first line says which

@@ -60,6 +60,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..modelfile import check_model_file
+
+    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
     from ..check.runner import run_check
 
     agents = [u.strip() for a in args.agent for u in a.split(",") if u.strip()]

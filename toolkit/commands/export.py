@@ -42,6 +42,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from device.manifest import load_manifest, manifest_path_for
 
+    from ..modelfile import check_model_file
+
+    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
+
     from ..check.runner import latency_ms
     from ..export import ExportVerificationError, export_model
 
