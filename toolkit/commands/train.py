@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
                    help="global batch size (default: the recipe's batch_size)")
     p.add_argument("--seed", type=non_negative_int, help="random seed (default: the recipe's seed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe key (repeatable), e.g. --set margin=0.4")
+                   help="override another recipe key (repeatable), e.g. --set margin=0.4; keys with a "
+                        "flag of their own (data, epochs, strategy, identities, crop, batch_size, seed) "
+                        "take the flag")
     p.add_argument("--probe-every", type=positive_int, metavar="K",
                    help="probe feature emergence every K training iterations (writes RUN_DIR/emergence)")
     p.add_argument("--json", action="store_true", help="print the training result as JSON")
@@ -45,6 +47,9 @@ FLAG_KEYS = {"data": "--data", "epochs": "--epochs", "strategy": "--strategy", "
              "crop": "--crop", "batch_size": "--batch-size", "seed": "--seed"}
 # What may change when a run is resumed: where it runs and where its data now lives.
 RESUME_FREE = ("data", "strategy")
+# What a run directory holds (toolkit.train): anything else in --out is someone else's.
+RUN_ENTRIES = {"config.json", "checkpoints", "logs", "data", "history.json", "train.json", "model.keras",
+               "model.meta.json", "emergence", "workers"}
 
 
 def resolve_config(args: argparse.Namespace):
@@ -89,8 +94,13 @@ def resolve_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..train import train
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a file; give a folder for the run")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES) if out.is_dir() else []
+    if foreign:
+        raise ValueError(f"--out {out} holds files that are not a faceprobe run (e.g. {foreign[0]}); "
+                         "choose a new folder for the run")
     config = resolve_config(args)
     extra = []
     if args.probe_every is not None:
