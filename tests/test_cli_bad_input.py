@@ -120,6 +120,7 @@ FACEPROBE_CASES = [
     (["probe", "{w}/model.keras", "--out", "{w}/new", "--n-images", "-2"], "--n-images"),
     (["probe", "{w}/model.keras", "--out", "{w}/new", "--n-images", "0"], "--n-images"),
     (["probe", "{w}/model.keras", "--out", "{w}/new", "--subspace", "dct:x"], "--subspace"),
+    (["probe", "{w}/model.keras", "--out", "{w}/new", "--subspace", "grid:0"], "N >= 1"),
     (["probe", "{w}/model.keras", "--out", "{w}/notes.txt"], "notes.txt is a file"),
     (["probe", "{w}/model.keras", "--out", "{w}/existing"], "--force"),
     (["probe", "{w}/export/model.float32.tflite", "--out", "{w}/new"], "is a TFLite model"),

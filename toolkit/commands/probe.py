@@ -24,8 +24,9 @@ def _subspace(text: str) -> dict:
     if kind == "full" and not value:
         return {"kind": "full"}
     keys = {"dct": "size", "grid": "cells", "window": "size"}
-    if kind not in keys or not value.isdigit():
-        raise argparse.ArgumentTypeError(f"--subspace must be full, dct:N, grid:N or window:N, got {text!r}")
+    if kind not in keys or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"--subspace must be full, dct:N, grid:N or window:N with N >= 1, "
+                                         f"got {text!r}")
     return {"kind": kind, keys[kind]: int(value)}
 
 
