@@ -255,15 +255,21 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | No
                 traceback.print_exc()
             _final(f"{name}: interrupted; {interrupt_hint(args)}")
             return EXIT_INTERRUPTED
-        except expected as exc:
+        except Exception as exc:
             if debug:
                 traceback.print_exc()
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            _final(f"{name}: error: {msg}")
-            return EXIT_ERROR
-        except Exception as exc:  # a bug or a library failure: still one line, the traceback on request
-            if debug:
-                traceback.print_exc()
-            where = "" if debug else " (rerun with --debug for the traceback)"
-            _final(f"{name}: error: unexpected {type(exc).__name__}: {exc}{where}")
-            return EXIT_ERROR
+            if _interrupted:  # Ctrl-C, turned into another error by a library (e.g. inside a converter)
+                _final(f"{name}: interrupted; {interrupt_hint(args)}")
+                return EXIT_INTERRUPTED
+            return _report_error(name, exc, expected, debug)
+
+
+def _report_error(name: str, exc: Exception, expected: tuple[type[BaseException], ...], debug: bool) -> int:
+    """One line for an error: its message when it is an expected kind, else its type and a --debug hint."""
+    if isinstance(exc, expected):
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        _final(f"{name}: error: {msg}")
+    else:  # a bug or a library failure: still one line, the traceback on request
+        where = "" if debug else " (rerun with --debug for the traceback)"
+        _final(f"{name}: error: unexpected {type(exc).__name__}: {exc}{where}")
+    return EXIT_ERROR
