@@ -8,7 +8,19 @@ import os
 import sys
 from pathlib import Path
 
+from . import console
+from .console import port_number, positive_float, positive_int
+
 TOKEN_ENV = "FACEPROBE_AGENT_TOKEN"
+
+EXAMPLES = {
+    "": """faceprobe-agent serve --store ~/faceprobe-store --token-file ~/.faceprobe-token --host 0.0.0.0
+faceprobe-agent run model.int8.probe.tflite plan.json --out result""",
+    "serve": """faceprobe-agent serve --store ~/faceprobe-store            # loopback only, no token
+faceprobe-agent serve --host 0.0.0.0 --port 8765 --store ~/faceprobe-store --token-file ~/.faceprobe-token""",
+    "run": """faceprobe-agent run model.int8.probe.tflite plan.json --out result
+faceprobe-agent run model.int8.probe.tflite plan.json --kind activations --out acts --json""",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve uploads and probe jobs over HTTP",
                            description="Serve the HTTP agent. Without a token it only listens on loopback.")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=port_number, default=8765, help="port (0 picks a free one)")
     serve.add_argument("--store", required=True, help="folder of the content-addressed model store")
     tok = serve.add_mutually_exclusive_group()
     tok.add_argument("--token", help=f"bearer token (visible in `ps`: prefer --token-file or ${TOKEN_ENV})")
     tok.add_argument("--token-file", help="file holding the bearer token")
-    serve.add_argument("--max-upload-mb", type=float, default=256.0, help="request body limit (default 256)")
+    serve.add_argument("--max-upload-mb", type=positive_float, default=256.0, help="request body limit")
     _runtime_args(serve)
 
     run = sub.add_parser("run", help="run a probe plan on a model here, without a server",
@@ -32,16 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", help="the probe model .tflite (its .manifest.json beside it)")
     run.add_argument("plan", help="plan JSON written by ProbePlan.save (images in the sibling .npz)")
     run.add_argument("--out", required=True, help="output folder for the result")
-    run.add_argument("--kind", choices=("ascent", "activations"), default="ascent")
+    run.add_argument("--kind", choices=("ascent", "activations"), default="ascent",
+                     help="ascent: the plan's gradient ascent by finite differences on this interpreter; "
+                          "activations: the plan's start images' tap activations (dequantised) with "
+                          "saturation statistics")
     run.add_argument("--manifest", help="manifest path (default: <model stem>.manifest.json)")
-    run.add_argument("--max-batch", type=int, default=64, help="largest interpreter batch (default 64)")
+    run.add_argument("--max-batch", type=positive_int, default=64, help="largest interpreter batch")
     run.add_argument("--json", action="store_true", help="print the result summary as JSON")
     _runtime_args(run)
     return parser
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: runtime's)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="interpreter threads (default: the runtime's)")
     p.add_argument("--kernels", choices=("xnnpack", "builtin", "reference"), default="xnnpack",
                    help="op kernels (int8 results differ between them; recorded in every result)")
 
@@ -61,6 +77,10 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime import Runtime
 
     runtime = Runtime(args.model, args.manifest, threads=args.threads, kernels=args.kernels)
+    if not runtime.taps:
+        probe = Path(args.model).name.replace(".tflite", ".probe.tflite")
+        raise ValueError(f"{args.model} has no taps (a deploy model: embedding only); run plans on the probe "
+                         f"model `faceprobe export` writes beside it, {probe}")
     result = tasks.run(runtime, ProbePlan.load(args.plan), args.kind, max_batch=args.max_batch)
     out = tasks.save(result, args.out)
     if args.json:
@@ -72,20 +92,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "serve":
-            from .agent import serve
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from .agent import serve
 
-            serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads,
-                  args.kernels)
-            return 0
-        return _run(args)
-    except (ValueError, KeyError, FileNotFoundError, ImportError, OSError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"faceprobe-agent {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads, args.kernels)
+        console.raise_if_interrupted()  # the server stops on Ctrl-C: say so, exit 130
+        return 0
+    return _run(args)
+
+
+def _interrupt_hint(args: argparse.Namespace) -> str:
+    if args.command == "serve":
+        return f"stopped serving; the store {args.store} is kept"
+    return f"nothing was written to {args.out}; run the same command again"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    console.finish_parser(parser, console.package_version(), EXAMPLES)
+    return console.run_cli("faceprobe-agent", parser, argv, _dispatch, command_attrs=("command",),
+                           interrupt_hint=_interrupt_hint, own=[Path(__file__).parent])
 
 
 if __name__ == "__main__":

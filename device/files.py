@@ -4,11 +4,36 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .console import raise_if_interrupted
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it (setting it, even briefly, races other threads' files)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give ``tmp`` (a mkstemp file, mode 0600) the mode a plain ``open`` would and rename it over ``path``.
+
+    Ctrl-C pressed meanwhile stops here, even if a library swallowed the exception: nothing is committed.
+    """
+    raise_if_interrupted()
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -21,10 +46,19 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """Parse the JSON file at ``path``; a damaged one is a ValueError naming it and what it should be."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid JSON {what} ({exc}); write it again") from None
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

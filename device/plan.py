@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import subspace as _subspace
-from .files import npz_bytes, write_atomic
+from .files import npz_bytes, read_json, write_atomic
 
 PLAN_SCHEMA = "faceprobe.probe-plan/1"
 RESULT_SCHEMA = "faceprobe.probe-result/1"
@@ -279,7 +279,7 @@ class ProbeResult:
         d = Path(directory)
         if not (d / "result.npz").is_file() or not (d / "result.json").is_file():
             raise FileNotFoundError(f"{d} holds no probe result (result.npz + result.json)")
-        summary = json.loads((d / "result.json").read_text())
+        summary = read_json(d / "result.json", "probe result")
         if summary.get("schema") != RESULT_SCHEMA:
             raise ValueError(f"{d / 'result.json'}: schema must be {RESULT_SCHEMA!r}, "
                              f"got {summary.get('schema')!r}")

@@ -11,5 +11,5 @@ source "$(dirname "$0")/_venv.sh"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 MODEL="$1"
 shift
-# A later --out among the options overrides this default.
-exec faceprobe check "$MODEL" --out runs/prerelease "$@"
+# A later --out among the options overrides this default; --force replaces the previous run's report.
+exec faceprobe check "$MODEL" --out runs/prerelease --force "$@"

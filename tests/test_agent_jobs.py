@@ -88,7 +88,7 @@ def test_deploy_command_pushes_to_every_agent(fleet, model_file, capsys):
     ids = json.loads(capsys.readouterr().out)
     assert sorted(ids) == sorted(urls) and len(set(ids.values())) == 1
     assert all(s.store.ids() == [next(iter(ids.values()))] for s in servers)
-    assert main(["deploy", "--agent", urls[0], "--token", "wrong", str(model_file)]) == 1
+    assert main(["deploy", "--agent", urls[0], "--token", "wrong", str(model_file)]) == 2
     assert "401" in capsys.readouterr().err
     with pytest.raises(remote.AgentError, match="cannot reach the agent"):
         remote.AgentClient("http://127.0.0.1:9", TOKEN, timeout=5).health()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
+from device.files import read_json
 
 from . import atomic
 from .data.normalize import DEFAULT_NORMALIZATION
-from .zoo import list_taps
+
+if TYPE_CHECKING:
+    import keras
 
 
 def meta_path(model_path: str | os.PathLike) -> Path:
@@ -20,6 +23,8 @@ def meta_path(model_path: str | os.PathLike) -> Path:
 
 def save_face_model(model: keras.Model, path: str | os.PathLike, **meta) -> Path:
     """Save atomically, with the tap list and normalisation beside it. Returns the model path."""
+    from .zoo import list_taps
+
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"model path must end in .keras, got {path}")
@@ -37,17 +42,34 @@ def save_face_model(model: keras.Model, path: str | os.PathLike, **meta) -> Path
     return path
 
 
-def load_face_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
-    """Load a saved face model and its metadata (defaults when the sidecar is absent)."""
+def check_model_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a .keras model file; otherwise an error that says what it is and what to pass."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: pass the model.keras written by `faceprobe train`")
+    if path.suffix == ".tflite":
+        raise ValueError(f"{path} is a TFLite model: this command takes the model.keras written by "
+                         "`faceprobe train` (TFLite files go to `check --quantized`, `deploy` and boards)")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a Keras model file (a .keras zip archive); pass the model.keras "
+                         "written by `faceprobe train`")
+    return path
+
+
+def load_face_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """Load a saved face model and its metadata (defaults when the sidecar is absent)."""
+    path = check_model_file(path)
+    import keras  # after the checks: a wrong file is named at once, before TensorFlow loads
+
+    from .zoo import list_taps
+
     try:
         model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many kinds for a bad zip
-        raise ValueError(f"{path} is not a readable Keras model ({exc}); re-run `faceprobe train`") from exc
+    except Exception as exc:  # Keras raises many kinds for a bad archive; its first line says which
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not a readable Keras model ({first}); re-run `faceprobe train`") from exc
     mp = meta_path(path)
-    meta = json.loads(mp.read_text()) if mp.is_file() else {}
+    meta = read_json(mp, "model metadata file") if mp.is_file() else {}
     meta.setdefault("architecture", model.name)
     meta.setdefault("input_shape", list(model.input_shape[1:]))
     meta.setdefault("normalization", DEFAULT_NORMALIZATION)

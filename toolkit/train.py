@@ -2,7 +2,8 @@
 
 `train(config, out_dir)` leaves in the run dir: ``config.json`` (the resolved recipe and the data used),
 ``checkpoints/last.npz`` (weights, optimizer state, epoch, history; rewritten atomically every epoch),
-``logs/`` (TensorBoard), ``history.json``, ``train.json`` (the result) and ``model.keras`` (the
+``logs/`` (TensorBoard: loss, accuracy, learning rate and training-face verification accuracy per
+epoch), ``history.json``, ``train.json`` (the result) and ``model.keras`` (the
 embedding model, head dropped, with its taps and normalisation).
 """
 
@@ -254,10 +255,6 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     if train_set.image_size != config.input_size:
         raise ValueError(f"training images are {train_set.image_size} px but the recipe's input_size is "
                          f"{config.input_size}; load the data at the model's size")
-    atomic.write_json(run_dir / "config.json", {
-        **config.to_dict(), "resolved": {"identities": n_classes, "images": n_images,
-                                         "names": train_set.names,
-                                         "replicas": int(strategy.num_replicas_in_sync)}})
 
     fingerprint = _fingerprint(config, n_classes, n_images)
     keras.utils.set_random_seed(config.seed)
@@ -275,11 +272,21 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         log(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
         # Re-seed by epoch so a resumed run is itself reproducible.
         keras.utils.set_random_seed(config.seed + start_epoch)
+    # Written once the checkpoint (if any) is known to belong to this run: a refused resume changes nothing.
+    atomic.write_json(run_dir / "config.json", {
+        **config.to_dict(), "resolved": {"identities": n_classes, "images": n_images,
+                                         "names": train_set.names,
+                                         "replicas": int(strategy.num_replicas_in_sync)}})
 
     train_seconds = 0.0
     if start_epoch < config.epochs:
         callbacks = _make_callbacks(run_dir, training_model, optimizer, history, fingerprint, config.epochs,
                                     steps, progress)
+        if config.strategy != "multi-worker":  # first: the checkpoint and TensorBoard record what it adds
+            from .training.summaries import VerificationMetric
+
+            callbacks.insert(0, VerificationMetric(embedding, train_set.images, train_set.labels,
+                                                   seed=config.seed))
         for extra in extra_callbacks:
             callbacks.append(extra if isinstance(extra, keras.callbacks.Callback)
                              else extra(embedding, train_set, run_dir))

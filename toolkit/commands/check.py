@@ -7,6 +7,9 @@ import json
 import os
 
 from device.cli import TOKEN_ENV
+from device.console import non_negative_int, positive_int
+
+from . import writes_folder
 
 
 def add_parser(subparsers) -> None:
@@ -37,10 +40,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to check on as well (repeat, or comma-separated)")
     p.add_argument("--token", default=None, help=f"bearer token of the agents (default: ${TOKEN_ENV})")
-    p.add_argument("--sample", type=int, default=32, help="faces used for the tap comparison (default 32)")
-    p.add_argument("--feature-images", type=int, default=1,
+    p.add_argument("--sample", type=positive_int, default=32,
+                   help="faces used for the tap comparison (default 32)")
+    p.add_argument("--feature-images", type=positive_int, default=1,
                    help="start images of the feature comparison (default 1)")
-    p.add_argument("--feature-subspace", type=int, default=3, metavar="N",
+    p.add_argument("--feature-subspace", type=positive_int, default=3, metavar="N",
                    help="the feature level's subspace: the N x N lowest DCT frequencies per channel "
                         "(default 3)")
     p.add_argument("--no-features", action="store_true", help="skip the feature level (the slowest)")
@@ -50,12 +54,17 @@ def add_parser(subparsers) -> None:
                    help="check this exported deploy model (its .probe.tflite beside it) instead of exporting")
     p.add_argument("--suggest", default="on-fail", choices=["on-fail", "always", "never"],
                    help="re-export with the localised fix and re-check (default: when the check fails)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the sampled faces, the pairs and the finite-difference perturbations")
     p.add_argument("--json", action="store_true", help="print the report's summary as JSON")
+    writes_folder(p, "report.json")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..modelfile import check_model_file
+
+    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
     from ..check.runner import run_check
 
     agents = [u.strip() for a in args.agent for u in a.split(",") if u.strip()]
@@ -76,12 +85,18 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(summary['boards'])}")
         print(f"  verification accuracy  float {acc['float']:.4f}  quantized {acc['quantized']:.4f}  "
               f"(drop {summary['accuracy_drop_pp']:.2f} pp)")
-        print(f"  worst tap {summary['worst_tap']}; first broken tap {summary['first_broken_tap']}")
-        for name in summary["failed_checks"]:
-            print(f"  failed: {name}")
+        print(f"  worst tap {summary['worst_tap']}; first broken tap "
+              f"{summary['first_broken_tap'] or 'none (every tap within its thresholds)'}")
+        for board in report.get("boards", []):
+            for v in board.get("verdicts", []):
+                if not v["passed"]:
+                    print(f"  failed on {board['name']}: {v['name']} {v['value']:.4g} "
+                          f"(needs {'>=' if v['direction'] == 'min' else '<='} {v['threshold']:g})")
         if summary["suggestion"]:
             s = summary["suggestion"]
-            print(f"  suggestion: {s['action']} {s['tap'] or ''} -> "
+            fix = (f"--keep-float {s['tap']}" if s["action"] == "keep_float"
+                   else s["action"].replace("_", " "))
+            print(f"  suggestion: {fix} -> "
                   f"{'passes' if s['passed_after'] else 'still fails'} (size x{s['size_ratio']:.2f}, "
                   f"latency x{s['latency_ratio']:.2f})")
         print(f"  report: {args.out}/report.html")

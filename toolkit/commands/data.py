@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from device.console import int_at_least, non_negative_int, positive_int
+
+from . import writes_folder
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,14 +24,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "hair); each image adds pose, scale, lighting, expression, glasses or occlusion, blur "
                     "and noise. The same settings always give the same images.")
     synth.add_argument("--out", required=True, metavar="DIR",
-                       help="output folder (new or empty, or an earlier synthetic set to replace)")
-    synth.add_argument("--identities", type=int, default=20, metavar="N",
+                       help="output folder (new or empty; --force replaces an earlier synthetic set)")
+    synth.add_argument("--identities", type=int_at_least(2), default=20, metavar="N",
                        help="number of people (default 20)")
-    synth.add_argument("--images", type=int, default=10, metavar="M", help="images per person (default 10)")
-    synth.add_argument("--size", type=int, default=112, metavar="S",
+    synth.add_argument("--images", type=positive_int, default=10, metavar="M",
+                       help="images per person (default 10)")
+    synth.add_argument("--size", type=int_at_least(16), default=112, metavar="S",
                        help="image side in pixels (default 112)")
-    synth.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
+    synth.add_argument("--seed", type=non_negative_int, default=0, metavar="K",
+                       help="random seed (default 0)")
     synth.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    writes_folder(synth, "synth.json")
 
     inspect = sub.add_parser(
         "inspect", help="count identities and images, list unreadable files",
@@ -37,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("dir", metavar="DIR", help="dataset folder with one sub-folder per identity")
     inspect.add_argument("--crop", action="store_true",
                          help="detect and crop faces (OpenCV Haar cascade); report images without one")
-    inspect.add_argument("--size", type=int, default=112, metavar="S",
+    inspect.add_argument("--size", type=int_at_least(16), default=112, metavar="S",
                          help="side the images are resized to (default 112)")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(run=run)
@@ -70,7 +77,9 @@ def _inspect(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # everything the warnings say is in the report below
         fs = load_identity_folders(args.dir, image_size=args.size, crop=args.crop, progress=not args.json)
-    summary = {"dir": str(args.dir), **fs.summary()}
+    summary = {"dir": str(args.dir), **fs.summary(), "crop_fallback_files": list(fs.crop_fallbacks),
+               "single_image_identities": [n for n, c in fs.counts().items() if c == 1],
+               "enlarged_images": int((fs.source_sizes.min(axis=1) < args.size).sum()) if len(fs) else 0}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -86,8 +95,13 @@ def _table(s: dict, crop: bool) -> str:
              f"{'identity':<{width}}  images"]
     lines += [f"{name:<{width}}  {n:>6}" for name, n in counts.items()]
     lines.append("source sizes (WxH): " + ", ".join(f"{k} x{v}" for k, v in s["source_sizes"].items()))
+    if s["enlarged_images"]:
+        lines.append(f"images smaller than {s['image_shape'][0]} px (enlarged): {s['enlarged_images']}")
+    if s["single_image_identities"]:
+        lines.append(f"identities with a single image: {', '.join(s['single_image_identities'])}")
     if crop:
         lines.append(f"no face found (centre crop used): {s['crop_fallbacks']}")
+        lines += [f"  {path}" for path in s["crop_fallback_files"]]
     lines.append(f"unreadable files skipped: {s['skipped']}")
     lines += [f"  {f['path']}: {f['reason']}" for f in s["skipped_files"]]
     if s["empty_identities"]:

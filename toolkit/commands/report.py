@@ -21,6 +21,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if not Path(args.run_dir).is_dir():
+        raise FileNotFoundError(f"no folder {args.run_dir}: pass the --out folder of `faceprobe probe` or "
+                                "`faceprobe check`")
     if (Path(args.run_dir) / "report.json").is_file():
         from ..report.check_page import render_check
 

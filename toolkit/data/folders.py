@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,7 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
     names = sorted(set(names_per_image), key=natural_key)
     empty = [f.name for f in folders if f.name not in set(names)]
     _warn(root, skipped, empty, fallbacks, "centre crop" if crop else "whole image")
+    _warn_thin(root, image_size, names_per_image, paths, sizes)
     if len(names) < min_identities:
         raise ValueError(
             f"{root} has {len(names)} usable identities, need at least {min_identities} "
@@ -104,6 +106,24 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
         source_sizes=np.array(sizes, np.int64).reshape(-1, 2),
         crop_fallbacks=fallbacks,
     )
+
+
+def _warn_thin(root: Path, image_size: int, names_per_image: list[str], paths: list[str],
+               sizes: list[tuple[int, int]]) -> None:
+    """Data that loads but is thin: images enlarged to the input size, people with a single photo."""
+    small = [(p, hw) for p, hw in zip(paths, sizes, strict=True) if min(hw) < image_size]
+    if small:
+        h, w = min((hw for _, hw in small), key=lambda hw: hw[0] * hw[1])
+        warnings.warn(f"{len(small)} images in {root} are smaller than the model's {image_size} px input "
+                      f"and were enlarged (smallest {w}x{h}, first: {small[0][0]}); features seen at that "
+                      "scale may not be the model's", stacklevel=3)
+    counts = Counter(names_per_image)
+    single = sorted((n for n, c in counts.items() if c == 1), key=natural_key)
+    if single:
+        listed = ", ".join(single[:_LISTED]) + (f" and {len(single) - _LISTED} more" if len(single) > _LISTED
+                                                 else "")
+        warnings.warn(f"{len(single)} identities in {root} have a single image ({listed}): they give no "
+                      "same-person pairs for verification and little to learn from", stacklevel=3)
 
 
 def _warn(root: Path, skipped: list[tuple[str, str]], empty: list[str], fallbacks: list[str],

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from device.files import read_json
 
 from ..atomic import write_json
 
@@ -93,7 +94,7 @@ def make_pairs(labels: np.ndarray, n_folds: int = 10, pairs_per_fold: int | None
         need = max(per_kind, 1)
         raise ValueError(f"{n_folds} folds of {need} genuine pairs need {need * n_folds} genuine pairs, but "
                          f"the identities with 2 or more images give only {len(genuine)}; "
-                         "use fewer folds, fewer pairs per fold, or more images per identity")
+                         "use more images per identity or more identities (or, in `evaluate`, fewer --folds)")
     total = per_kind * n_folds
     genuine = genuine[:total]
     impostor = _impostor_pairs(labels, total, rng)
@@ -128,7 +129,7 @@ def save_pairs(path: str | Path, pairs: Pairs, paths: Sequence[str]) -> None:
 
 def load_pairs(path: str | Path, paths: Sequence[str]) -> Pairs:
     """Read a pairs file and map its images onto ``paths`` (a FaceSet's), which must contain all of them."""
-    doc = json.loads(Path(path).read_text())
+    doc = read_json(path, "pairs file")
     if doc.get("schema") != PAIRS_SCHEMA:
         raise ValueError(f"{path} is not a faceprobe pairs file (schema {doc.get('schema')!r}, "
                          f"expected {PAIRS_SCHEMA!r})")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 DEFAULT_CALIBRATION_SIZE = 200
+# Fewer faces than this give int8 ranges that clip the faces calibration did not see.
+MIN_CALIBRATION_FACES = 50
 
 
 def calibration_sample(
@@ -40,6 +43,10 @@ def calibration_sample(
         raise ValueError(f"calibration images are {images.dtype}; pass uint8 pixels (0..255), not normalised")
     if len(images) == 0:
         raise ValueError("no calibration images")
+    if min(count, len(images)) < MIN_CALIBRATION_FACES:
+        warnings.warn(f"int8 calibration on only {min(count, len(images))} faces: the quantization ranges "
+                      f"may clip other faces; calibrate on at least {MIN_CALIBRATION_FACES} training faces",
+                      stacklevel=2)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(images), size=min(count, len(images)), replace=False))
     return images[pick]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from device.files import read_json
 from device.plan import ProbePlan, ProbeResult
 
 from ..atomic import write_bytes
 from ..zoo import STAGES
 from . import grids
-from .blocks import STYLE, img_tag, table
+from .blocks import STYLE, img_tag, key_value_table, table
 
 TAP_KEYS = ["tap", "stage", "sqnr_db", "cosine", "rmse_over_scale", "saturation", "noise_added"]
 FEATURE_KEYS = ["tap", "channel", "change_correlation", "image_correlation", "gradient_cosine",
@@ -45,9 +45,15 @@ def tap_figure(report: dict, path: Path) -> Path:
     """SQNR per tap, one line per board, with the threshold."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.5), dpi=100)
-    for board in report["boards"]:
+    # Boards usually agree with the host to the dB: distinct markers, dashes and transparency keep every
+    # line visible where they overlap.
+    styles = [("o", "-", 10), ("s", "--", 7), ("^", ":", 6), ("D", "-.", 5), ("v", "--", 4)]
+    for i, board in enumerate(report["boards"]):
         taps = board["taps"]
-        ax.plot(range(len(taps)), [min(r["sqnr_db"], 80) for r in taps], marker="o", label=board["name"])
+        marker, dash, size = styles[i % len(styles)]
+        ax.plot(range(len(taps)), [min(r["sqnr_db"], 80) for r in taps], marker=marker, ls=dash,
+                markersize=size, fillstyle="none" if i else "full", alpha=0.8, lw=1.5, label=board["name"],
+                zorder=3 + i)  # the host (big, filled) below the boards (small, hollow)
     names = [r["tap"] for r in report["boards"][0]["taps"]]
     ax.axhline(report["thresholds"]["taps"]["min_sqnr_db"], color="red", ls="--", label="threshold")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
@@ -101,22 +107,26 @@ def feature_figures(out: Path, board_index: int, taps_by_stage: dict[str, str]) 
 def _verdict_banner(report: dict) -> str:
     ok = report["passed"]
     colour = "#1a7f37" if ok else "#b42318"
-    failed = ", ".join(report["summary"]["failed_checks"]) or "none"
-    acc = report["summary"]["verification_accuracy"]
-    return (f'<div style="padding:1em;border-radius:6px;color:white;background:{colour}">'
-            f'<h1 style="margin:0">{"PASS" if ok else "FAIL"}: {html.escape(report["summary"]["variant"])} '
-            f"keeps the features{'' if ok else ' — not'}</h1>"
+    summary = report["summary"]
+    failed = ", ".join(summary["failed_checks"]) or "none"
+    acc = summary["verification_accuracy"]
+    broken = summary["first_broken_tap"]
+    broken = f"<code>{html.escape(broken)}</code>" if broken else "none (every tap within its thresholds)"
+    return (f'<div class="banner" style="background:{colour}">'
+            f'<h1>{"PASS" if ok else "FAIL"}: {html.escape(summary["variant"])} '
+            f"{'keeps' if ok else 'does not keep'} the features</h1>"
             f"<p>verification accuracy float {acc['float']:.4f}, quantized {acc['quantized']:.4f}; "
-            f"worst tap <code>{html.escape(str(report['summary']['worst_tap']))}</code>; "
-            f"first broken tap <code>{html.escape(str(report['summary']['first_broken_tap']))}</code>; "
-            f"failed checks: {html.escape(failed)}</p></div>")
+            f"worst tap <code>{html.escape(str(summary['worst_tap']))}</code>; "
+            f"first broken tap {broken}; failed checks: {html.escape(failed)}</p></div>")
 
 
 def _suggestion(s: dict | None) -> str:
     if not s:
         return "<p>No fix tried (the check passed, or suggestions were off).</p>"
     summ = s["summary"]
-    return (f"<p>{html.escape(s['why'])}. Re-exported (<code>{summ['action']}</code>) and re-checked: "
+    fix = (f"--keep-float {summ['tap']}" if summ["action"] == "keep_float"
+           else summ["action"].replace("_", " "))
+    return (f"<p>{html.escape(s['why'])}. Re-exported (<code>{html.escape(fix)}</code>) and re-checked: "
             f"<b>{'passes' if summ['passed_after'] else 'still fails'}</b>; quantized verification accuracy "
             f"{summ['quantized_accuracy_after']:.4f}; deploy size x{summ['size_ratio']:.2f}, batch-1 "
             f"latency x{summ['latency_ratio']:.2f}.</p>" + table(s["verdicts"], VERDICT_KEYS))
@@ -128,7 +138,7 @@ def render_check(run_dir: str | os.PathLike) -> Path:
     path = out / "report.json"
     if not path.is_file():
         raise FileNotFoundError(f"{out} holds no check report (report.json); run `faceprobe check` first")
-    report = json.loads(path.read_text())
+    report = read_json(path, "check report")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceprobe check</title>"
              f"<style>{STYLE}</style></head><body>", _verdict_banner(report),
              f"<p>Model <code>{html.escape(report['model']['path'])}</code>, data "
@@ -139,7 +149,7 @@ def render_check(run_dir: str | os.PathLike) -> Path:
     has_features = (out / "features" / "plan.json").is_file()
     for i, board in enumerate(report["boards"]):
         parts += [f"<h2>Board: {html.escape(board['name'])} — {'pass' if board['passed'] else 'FAIL'}</h2>",
-                  "<pre>" + html.escape(json.dumps(board["info"], indent=1)) + "</pre>",
+                  key_value_table(board["info"]),
                   table(board["verdicts"], VERDICT_KEYS), "<h3>Taps</h3>", table(board["taps"], TAP_KEYS)]
         if has_features and board.get("features"):
             plan_taps = {t["tap"] for t in board["features"]["plan"]["targets"]}

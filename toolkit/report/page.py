@@ -8,12 +8,12 @@ base64, no network). An ``emergence.json`` from training is included when found.
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from device.files import read_json
 from device.plan import ProbePlan, ProbeResult
 
 from ..atomic import write_bytes
@@ -40,7 +40,7 @@ def load_probe_dir(probe_dir: Path) -> tuple[ProbePlan, ProbeResult, dict, dict]
     result = ProbeResult.load(probe_dir / "result")
     with np.load(probe_dir / "feature_maps.npz") as z:
         maps = {k: z[k] for k in z.files}
-    return plan, result, maps, json.loads((probe_dir / "findings.json").read_text())
+    return plan, result, maps, read_json(probe_dir / "findings.json", "findings file")
 
 
 def _stage_targets(plan: ProbePlan, findings: dict) -> dict[str, list[int]]:
@@ -72,7 +72,7 @@ def find_emergence(probe_dir: Path) -> dict | None:
     for rel in EMERGENCE_PLACES:
         p = probe_dir / rel
         if p.is_file():
-            return json.loads(p.read_text())
+            return read_json(p, "emergence file")
     return None
 
 

@@ -42,8 +42,9 @@ def load_checkpoint(path: Path, model, optimizer, fingerprint: dict) -> tuple[in
         meta = json.loads(bytes(z["meta"]).decode())
         saved = meta["fingerprint"]
         if saved != fingerprint:
-            diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-            raise ValueError(f"checkpoint {path} belongs to a different run (differs in {diff}); "
+            keys = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            diff = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in keys)
+            raise ValueError(f"checkpoint {path} belongs to a different run ({diff}); "
                              "use a new --out directory or drop --resume")
         model.set_weights([z[f"w{i}"] for i in range(meta["n_weights"])])
         if len(optimizer.variables) != meta["n_optimizer"]:

@@ -15,6 +15,20 @@ OPTIMIZERS = ("adamw", "sgd")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 
 
+_INT, _NUMBER, _STR, _OPT_STR = (int,), (int, float), (str,), (str, type(None))
+_KIND_NAMES = {_INT: "an integer", _NUMBER: "a number", _STR: "a string", _OPT_STR: "a string",
+               (int, type(None)): "an integer", (bool,): "true or false",
+               (bool, str): 'true, false or a strength name such as "mild"', (dict,): "a table"}
+# The type every recipe key must have (TOML gives int, float, str, bool and tables).
+_TYPES = {"description": _STR, "model": _STR, "input_size": _INT, "embedding_dim": (int, type(None)),
+          "width": _NUMBER, "activation": _STR, "saved_embedding": _STR, "head": _STR, "scale": _NUMBER,
+          "margin": _NUMBER, "optimizer": _STR, "learning_rate": _NUMBER, "weight_decay": _NUMBER,
+          "momentum": _NUMBER, "warmup_epochs": _NUMBER, "final_lr_fraction": _NUMBER, "epochs": _INT,
+          "batch_size": _INT, "augment": (bool, str), "seed": _INT, "data": _OPT_STR, "identities": _OPT_STR,
+          "crop": (bool,), "synth_identities": _INT, "synth_images_per_identity": _INT,
+          "bn_tolerance": _NUMBER, "strategy": _STR, "extra": (dict,)}
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (written to the run dir as config.json)."""
@@ -61,6 +75,13 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Check every key's type, then its range; the message names the key and what it got."""
+        for name, kinds in _TYPES.items():
+            value = getattr(self, name)
+            # bool is an int to Python, never a number in a recipe.
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"{name} must be {_KIND_NAMES[kinds]}, got {value!r} "
+                                 f"({type(value).__name__})")
         checks = [
             (self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
@@ -69,13 +90,23 @@ class TrainConfig:
             (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.input_size >= 16, f"input_size must be >= 16, got {self.input_size}"),
+            (self.embedding_dim is None or self.embedding_dim >= 1,
+             f"embedding_dim must be >= 1, got {self.embedding_dim}"),
+            (self.width > 0, f"width must be > 0, got {self.width}"),
             (self.scale > 0, f"scale must be > 0, got {self.scale}"),
             (0 <= self.margin < 1.5, f"margin must be in [0, 1.5), got {self.margin}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (0 <= self.final_lr_fraction <= 1,
+             f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.synth_identities >= 2, f"synth_identities must be >= 2, got {self.synth_identities}"),
+            (self.synth_images_per_identity >= 1,
+             f"synth_images_per_identity must be >= 1, got {self.synth_images_per_identity}"),
+            (0 <= self.bn_tolerance <= 1, f"bn_tolerance must be in [0, 1], got {self.bn_tolerance}"),
             (self.saved_embedding in ("linear", "pooled"),
              f"saved_embedding must be linear or pooled, got {self.saved_embedding!r}"),
-            (isinstance(self.augment, bool | str),
-             f"augment must be true, false or a strength name such as \"mild\", got {self.augment!r}"),
         ]
         for ok, msg in checks:
             if not ok:
