@@ -25,12 +25,19 @@ def add_parser(subparsers) -> None:
                    help="the model's own input normalisation (pixel - M) / S on 0..255 RGB pixels, one value "
                         "or one per channel (default: recorded in the model, else 127.5)")
     p.add_argument("--scale", type=float, nargs="+", metavar="S", help="see --mean (default 128)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the taps and checks as JSON")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import atomic
     from ..modelfile import save_face_model
+
+    # Checked before the port is built: a refused command does no work and writes nothing.
+    if not args.out.endswith(".keras"):
+        raise ValueError(f"--out {args.out} must end in .keras")
+    atomic.check_output_file(args.out, "--out", args.force)
 
     if args.source == "dlib":
         from ..zoo.dlib_resnet import dlib_resnet
