@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from toolkit.probe.channels import pick, rank_channels
-from toolkit.probe.emergence import correlation, fixed_channels, stable_from
+from toolkit.probe.compare import correlation
+from toolkit.probe.emergence import fixed_channels, stable_from
 from toolkit.probe.findings import colour_share, frequency_centroid
 from toolkit.probe.invariance import invariance_index
 

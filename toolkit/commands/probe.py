@@ -126,7 +126,7 @@ def _boards(args, plan, host_result) -> dict:
 
     from device.cli import TOKEN_ENV
 
-    from ..check.levels import compare_ascents
+    from ..probe.compare import compare_ascents
     from ..remote import probe_remote
 
     results = probe_remote(args.agent, args.tflite, plan, token=args.token or os.environ.get(TOKEN_ENV))

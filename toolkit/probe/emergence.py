@@ -24,20 +24,13 @@ from ..atomic import write_bytes, write_json
 from ..data.normalize import normalize
 from ..zoo import list_taps
 from .ascent import Ascender
+from .compare import correlation
 from .plans import resolve_taps, stage_of
 
 
 def fixed_channels(n_channels: int, k: int) -> list[int]:
     """``k`` channels evenly spread over 0..n_channels-1: independent of the (changing) weights."""
     return sorted({int(c) for c in np.round(np.linspace(0, n_channels - 1, min(k, n_channels)))})
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two arrays (0 when either is constant)."""
-    a = np.asarray(a, np.float64).ravel() - np.mean(a)
-    b = np.asarray(b, np.float64).ravel() - np.mean(b)
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom > 0 else 0.0
 
 
 def stable_from(iterations: list[int], correlations: list[float], threshold: float) -> int | None:
