@@ -12,7 +12,8 @@ images or identities. The verdict, for a claim that the effect has sign ``s`` (`
                   alone can move the statistic by);
   not reproduced  the interval lies on the other side of 0, or its claimed-side end stays inside the
                   seed band (training moved the statistic by no more than re-initialising can);
-  inconclusive    anything else (the interval is too wide to tell).
+  inconclusive    anything else (the interval is too wide to tell), and a stage left out (``excluded``,
+                  with the reason: e.g. a tap that is an affine map of the image, ``toolkit.probe.affine``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def verdict(effect: float, ci: list[float], expected: int, band: float) -> str:
 
 def assemble(statistic: str, claim: str, expected: dict[str, int], trained: dict[str, float],
              untrained_seeds: dict[str, list[float]], other_controls: dict[str, dict[str, float]],
-             ci: dict[str, list[float]], **extra) -> dict:
+             ci: dict[str, list[float]], excluded: dict[str, str] | None = None, **extra) -> dict:
     """One finding in the shape every report uses: trained, controls by name, effect (trained minus the
     untrained mean), ci, verdict per stage, and the settings that produced it."""
     stages = list(trained)
@@ -99,7 +100,9 @@ def assemble(statistic: str, claim: str, expected: dict[str, int], trained: dict
         "controls": {"untrained": untrained, **other_controls},
         "untrained_seeds": untrained_seeds, "seed_band": band,
         "effect": effect, "effect_against": "untrained", "ci": ci,
-        "verdict": {s: verdict(effect[s], ci[s], expected[s], band[s]) for s in stages},
+        "verdict": {s: "inconclusive" if s in (excluded or {}) else
+                    verdict(effect[s], ci[s], expected[s], band[s]) for s in stages},
+        "excluded": excluded or {},
         **extra,
     }
 

@@ -34,6 +34,7 @@ from ..atomic import write_bytes, write_json
 from ..data.normalize import normalize
 from ..zoo import list_taps
 from . import controls
+from .affine import excluded_stages
 from .ascent import Ascender
 from .compare import correlation
 from .findings import colour_share, frequency_centroid
@@ -233,9 +234,11 @@ class EmergenceCallback(keras.callbacks.Callback):
                             "pixels": {s: float(frequency_centroid(self.plan.images).mean()) for s in stages},
                             "noise": {s: float(frequency_centroid(
                                 controls.white_noise(self.plan.images.shape)).mean()) for s in stages}},
-            ci=ci, onset=onsets, order=depth_order(onsets), ci_over="image-channel pairs",
+            ci=ci, excluded=excluded_stages(self.embedding_model, {self.stages[t]: t for t in self.taps}),
+            onset=onsets, order=depth_order(onsets), ci_over="image-channel pairs",
             seeds=list(self.seeds), every=self.every, iterations=self.snapshots[-1])
-        finding["verdict"] = {s: stages[s]["verdict"] for s in stages}
+        finding["verdict"] = {s: "inconclusive" if s in finding["excluded"] else stages[s]["verdict"]
+                              for s in stages}
         return {"every": self.every, "threshold": self.threshold, "persist": self.persist,
                 "iterations": self.snapshots, "plan": self.plan.to_json(), "stages": stages,
                 "finding": finding}

@@ -112,6 +112,11 @@ def frequency_finding(model, images: np.ndarray, seeds: tuple[int, ...] = contro
                       **kwargs) -> dict[str, dict]:
     """``{"frequency": finding, "colour": finding}`` of ``model`` on normalised ``images`` with controls
     (see the module docstring); ``kwargs`` go to ``probe_statistics``."""
+    from .affine import excluded_stages
+    from .plans import resolve_taps, stage_of
+
+    stage = stage_of(model)
+    excluded = excluded_stages(model, {stage[t]: t for t in resolve_taps(model)})
     trained = probe_statistics(model, images, **kwargs)
     untrained = [probe_statistics(m, images, **kwargs) for m in controls.untrained_copies(model, seeds)]
     noise = controls.white_noise(images.shape, seed=0)
@@ -131,5 +136,5 @@ def frequency_finding(model, images: np.ndarray, seeds: tuple[int, ...] = contro
                             "noise": {s: float(white.mean()) for s in stages}},
             ci={s: controls.bootstrap_images(trained[s][statistic],
                                              np.stack([u[s][statistic] for u in untrained])) for s in stages},
-            images=len(images), seeds=list(seeds), ci_over="images")
+            excluded=excluded, images=len(images), seeds=list(seeds), ci_over="images")
     return out

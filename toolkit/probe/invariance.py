@@ -27,6 +27,7 @@ from device.plan import ProbePlan
 
 from ..zoo import tap_layer_name
 from . import controls
+from .affine import excluded_stages
 from .ascent import Ascender, tap_responses
 from .findings import METHOD
 from .plans import make_plan, resolve_taps, stage_of
@@ -184,7 +185,7 @@ def invariance_finding(model: keras.Model, images: np.ndarray, labels: np.ndarra
         untrained_seeds={s: [invariance_index(u[s], labels)["index"] for u in untrained] for s in stages},
         other_controls={"pixels": {s: pixel_index for s in stages}, "noise": noise,
                         "permutation": {s: float(nulls[s].mean()) for s in stages}},
-        ci=ci,
+        ci=ci, excluded=excluded_stages(model, {stage_of(model)[t]: t for t in resolve_taps(model)}),
         permutation_95={s: float(np.percentile(nulls[s], 95)) for s in stages},
         permutation_p={s: float((1 + np.sum(nulls[s] >= index[s]["index"])) / (1 + len(nulls[s])))
                        for s in stages},
