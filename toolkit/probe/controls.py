@@ -10,8 +10,8 @@ images or identities. The verdict, for a claim that the effect has sign ``s`` (`
                   half-width of the 95 % prediction interval of one more untrained network,
                   t(0.975, k-1) * sd * sqrt(1 + 1/k) over k seeds: what a different initialisation
                   alone can move the statistic by);
-  not reproduced  the interval lies on the other side of 0, or its claimed-side end stays inside the
-                  seed band (training moved the statistic by no more than re-initialising can);
+  not reproduced  the interval lies on the other side of 0, or the trained value lies within the range
+                  of the untrained seeds (a network that was never trained gives it too);
   inconclusive    anything else (the interval is too wide to tell), and a stage left out (``excluded``,
                   with the reason: e.g. a tap that is an affine map of the image, ``toolkit.probe.affine``).
 """
@@ -75,12 +75,13 @@ def seed_band(values: list[float]) -> float:
     return float(t * v.std(ddof=1) * np.sqrt(1 + 1 / k))
 
 
-def verdict(effect: float, ci: list[float], expected: int, band: float) -> str:
-    """See the module docstring; ``expected`` is +1 or -1."""
+def verdict(trained: float, seeds: list[float], ci: list[float], expected: int) -> str:
+    """See the module docstring; ``expected`` is +1 or -1, ``seeds`` the untrained values."""
+    effect = trained - float(np.mean(seeds))
     lo, hi = sorted((expected * ci[0], expected * ci[1]))
-    if lo > 0 and expected * effect > band:
+    if lo > 0 and expected * effect > seed_band(seeds):
         return "reproduced"
-    if hi < 0 or hi <= band:
+    if hi < 0 or min(seeds) <= trained <= max(seeds):
         return "not reproduced"
     return "inconclusive"
 
@@ -101,7 +102,7 @@ def assemble(statistic: str, claim: str, expected: dict[str, int], trained: dict
         "untrained_seeds": untrained_seeds, "seed_band": band,
         "effect": effect, "effect_against": "untrained", "ci": ci,
         "verdict": {s: "inconclusive" if s in (excluded or {}) else
-                    verdict(effect[s], ci[s], expected[s], band[s]) for s in stages},
+                    verdict(trained[s], untrained_seeds[s], ci[s], expected[s]) for s in stages},
         "excluded": excluded or {},
         **extra,
     }
