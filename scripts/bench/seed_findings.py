@@ -7,8 +7,8 @@ model never saw (s31-s40), with the method's ascent (20 raw steps, alpha 1, chan
 5 channels per stage by the top rule):
   frequency   the change's frequency centroid (and ``colour``: its colour share) on --n-images photos
               (the first of each person, then the second, ...);
-  invariance  the identity invariance index of the visualisations (every photo of s31-s40), all stages
-              pooled to the last stage's grid;
+  invariance  the identity invariance index of the visualisations (--per-person photos of each of
+              s31-s40), all stages pooled to the last stage's grid;
   emergence   onsets from a short training run of the same recipe (--emergence-epochs epochs, probe
               snapshot every --probe-every iterations), or from RUN_DIR/emergence/emergence.json of a
               run trained with `faceprobe train --probe-every K` (--emergence RUN_DIR).
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-identities", default="s1-s30")
     p.add_argument("--eval-identities", default="s31-s40")
     p.add_argument("--n-images", type=int, default=20, help="photos for the frequency finding (default 20)")
+    p.add_argument("--per-person", type=int, default=5,
+                   help="photos per person for the invariance finding (default 5; ORL has 10)")
     p.add_argument("--seeds", type=int, default=3, help="untrained networks per control (default 3)")
     p.add_argument("--emergence", metavar="RUN_DIR", help="read emergence from this training run instead")
     p.add_argument("--emergence-epochs", type=int, default=6,
@@ -79,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-every", type=int, default=5, help="snapshot interval of that run (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    if args.seeds < 2 or args.n_images < 2 or args.probe_every < 1 or args.emergence_epochs < 1:
-        raise SystemExit("--seeds and --n-images must be >= 2, --probe-every and --emergence-epochs >= 1")
+    if min(args.seeds, args.n_images, args.per_person) < 2 or min(args.probe_every,
+                                                                   args.emergence_epochs) < 1:
+        raise SystemExit("--seeds, --n-images and --per-person must be >= 2, --probe-every and "
+                         "--emergence-epochs >= 1")
 
     from toolkit.data import load_identity_folders, normalize
     from toolkit.modelfile import load_face_model
@@ -107,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         findings = frequency_finding(model, photos, seeds=seeds)
         seconds["frequency"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        findings["invariance"] = invariance_finding(model, normalize(eval_fs.images), eval_fs.labels,
-                                                    seeds=seeds)
+        chosen = _spread_photos(eval_fs, args.per_person * len(eval_fs.names))
+        findings["invariance"] = invariance_finding(model, normalize(eval_fs.images[chosen]),
+                                                    eval_fs.labels[chosen], seeds=seeds)
         seconds["invariance"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     emergence = _emergence(args, config, train_fs, log)
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": (str(model_path) if args.model else
                       f"trained here: {Path(args.recipe).name} on {args.train_identities}"),
             "eval_identities": args.eval_identities, "frequency_images": len(photos),
-            "invariance_images": len(eval_fs), "seeds": list(seeds),
+            "invariance_images": len(chosen), "seeds": list(seeds),
             "ascent": "20 raw steps, alpha 1, channel-mean objective, 5 channels per stage (top rule)",
             "emergence": (f"read from {args.emergence}" if args.emergence else
                           f"short run of the recipe: {args.emergence_epochs} epochs, snapshot every "
