@@ -233,6 +233,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{row['objective_final']:.3g}, frequency centroid {row['frequency_centroid']:.3f}, "
                   f"colour share {row['colour_share']:.3f}, final range [{row.get('range_min', 0):.2f}, "
                   f"{row.get('range_max', 0):.2f}]")
+        for name, f in summary.get("findings", {}).items():
+            for stage, value in f["trained"].items():
+                lo, hi = f["ci"][stage]
+                untrained = f["controls"]["untrained"][stage]
+                print(f"{name:>10} {stage:>6}: {value:.3f} vs untrained {untrained:.3f}, "
+                      f"effect {f['effect'][stage]:+.3f} [{lo:+.3f}, {hi:+.3f}]: {f['verdict'][stage]}")
         for url, board in summary.get("boards", {}).items():
             print(f"board {url}: gradient cosine vs host {board['gradient_cosine']:.4f}, change correlation "
                   f"{board['change_correlation']:.4f} ({board['result']})")

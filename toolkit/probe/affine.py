@@ -13,7 +13,8 @@ from ..zoo import tap_layer_name
 # Layers that are affine (or identity) in their input; anything else counts as a nonlinearity.
 AFFINE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.BatchNormalization,
           keras.layers.Dense, keras.layers.Add, keras.layers.InputLayer, keras.layers.ZeroPadding2D,
-          keras.layers.Reshape, keras.layers.Flatten)
+          keras.layers.Reshape, keras.layers.Flatten, keras.layers.AveragePooling2D,
+          keras.layers.GlobalAveragePooling2D)
 
 
 def _is_affine(layer) -> bool:
