@@ -166,3 +166,32 @@ def test_final_snapshot_is_of_the_saved_model(tmp_path):
     cb.finalize(saved)
     expected = Ascender(saved, cb.plan).run().final_images - cb.plan.images[:, None]
     np.testing.assert_allclose(cb._load(cb.snapshots[-1]), expected, atol=1e-6)
+
+
+def test_training_run_ends_emergence_on_the_saved_model(tmp_path):
+    """Through `toolkit.train`: the last snapshot is the ascent on the model as saved (after batch-norm
+    re-estimation), and snapshot iterations are the optimizer's."""
+    from toolkit.data import synthesize
+    from toolkit.modelfile import load_face_model
+    from toolkit.probe.ascent import Ascender
+    from toolkit.probe.emergence import EmergenceCallback
+    from toolkit.train import train
+    from toolkit.training.config import TrainConfig
+
+    data = synthesize(tmp_path / "faces", identities=4, images_per_identity=6, size=32, progress=False)
+    config = TrainConfig(model="tiny", input_size=32, embedding_dim=16, epochs=2, batch_size=8,
+                         learning_rate=3e-3, scale=16.0, margin=0.2, warmup_epochs=0.5, data=str(data),
+                         seed=0, bn_tolerance=-1.0)  # always try re-estimating the batch-norm statistics
+    made = []
+
+    def factory(embedding, train_set, run_dir):
+        made.append(EmergenceCallback(embedding, train_set.images, every=2, out_dir=tmp_path / "em", steps=2,
+                                      max_images=2))
+        return made[0]
+
+    result = train(config, tmp_path / "run", extra_callbacks=[factory], progress=False, log=lambda m: None)
+    cb = made[0]
+    assert cb.snapshots == [0, 2, 4, 6]  # 24 images / 8 = 3 batches per epoch, 2 epochs
+    saved, _ = load_face_model(result.model_path)
+    expected = Ascender(saved, cb.plan).run().final_images - cb.plan.images[:, None]
+    np.testing.assert_allclose(cb._load(6), expected, atol=1e-5)
