@@ -195,3 +195,19 @@ def test_training_run_ends_emergence_on_the_saved_model(tmp_path):
     saved, _ = load_face_model(result.model_path)
     expected = Ascender(saved, cb.plan).run().final_images - cb.plan.images[:, None]
     np.testing.assert_allclose(cb._load(6), expected, atol=1e-5)
+
+
+def test_verdict_rules():
+    from toolkit.probe.controls import bootstrap_images, seed_band, verdict
+
+    assert seed_band([1.0, 2.0, 3.0]) == pytest.approx(4.303 * 1.0 * np.sqrt(4 / 3))
+    assert seed_band([5.0]) == 0.0
+    seeds = [0.50, 0.51, 0.49]  # band 0.043
+    assert verdict(0.70, seeds, [0.15, 0.25], +1) == "reproduced"
+    assert verdict(0.70, seeds, [0.15, 0.25], -1) == "not reproduced"  # clearly the other way
+    assert verdict(0.505, seeds, [0.001, 0.01], +1) == "not reproduced"  # among the seeds
+    assert verdict(0.53, seeds, [0.01, 0.05], +1) == "inconclusive"  # beyond the seeds, inside the band
+    assert verdict(0.60, seeds, [-0.05, 0.25], +1) == "inconclusive"  # interval straddles 0
+    rng = np.random.default_rng(0)
+    lo, hi = bootstrap_images(rng.normal(1.0, 0.1, 200), rng.normal(0.0, 0.1, (3, 200)))
+    assert lo < 1.0 < hi and hi - lo < 0.1

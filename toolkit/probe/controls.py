@@ -21,7 +21,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 SEEDS = (1, 2, 3)
 RESAMPLES = 2000
 
