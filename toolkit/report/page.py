@@ -125,7 +125,7 @@ INVARIANCE_COLUMNS = {
 EMERGENCE_COLUMNS = {
     "stage": "the stage",
     "onset": "first iteration from which the stage's visualisation stays outside the untrained null band "
-             "(frequency centroid or colour share); empty: never for good",
+             "(frequency centroid or colour share); None: never for good",
     "verdict": "reproduced (an onset), not reproduced (inside the band at the end), inconclusive",
     "settled_from": "first iteration from which the visualisation correlates >= the threshold with the "
                     "final one (settling, not onset)",
