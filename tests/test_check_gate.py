@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from toolkit.check.gate import judge, load_thresholds
-from toolkit.check.metrics import correlation, cosine, rmse_over_scale, sqnr_db, tap_errors
+from toolkit.check.metrics import rmse_over_scale, sqnr_db, tap_errors
+from toolkit.probe.compare import correlation, cosine
 
 
 def test_sqnr_known_values():

@@ -49,6 +49,10 @@ def test_probe_writes_results_pictures_and_a_self_contained_page(setup, capsys):
     assert not re.search(r"(https?:)?//[a-z0-9]", text, re.I)  # no external URL of any kind
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)
     assert "Identity invariance" in page and "What each stage captures" in page
+    assert set(summary["findings"]) == {"frequency", "colour", "invariance"}
+    for finding in summary["findings"].values():
+        assert set(finding) == {"trained", "controls", "effect", "ci", "verdict"}
+    assert page.count("against controls") == 3 and "<ul class='columns'>" in page
 
     (out / "report.html").unlink()
     (out / "figures" / "same_person.png").unlink()
@@ -76,6 +80,14 @@ def test_probe_runs_a_saved_plan_and_invariance_json(setup, capsys):
     assert set(inv["stages"]) == {"first", "middle", "last"}
     assert all(-1 <= v <= 1 for v in inv["stages"].values())
     assert inv["images"] == 9 and inv["identities"] == 3
+    assert inv["source"] == "ascent" and inv["grid"] == 4  # tiny at 32 px: the last stage's 4x4 map
+    assert set(inv["controls"]) == {"untrained", "pixels", "noise", "permutation"}
+    for name, values in inv["controls"].items():
+        assert set(values) == {"first", "middle", "last"}, name
+    for s, (lo, hi) in inv["ci"].items():
+        assert lo <= hi
+        assert inv["verdict"][s] in ("reproduced", "not reproduced", "inconclusive")
+    assert "affine" in inv["finding"]["excluded"]["first"]  # tiny's first tap is its stem
 
 
 @pytest.mark.parametrize("argv, message", [

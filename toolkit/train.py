@@ -278,7 +278,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
                                          "names": train_set.names,
                                          "replicas": int(strategy.num_replicas_in_sync)}})
 
-    train_seconds = 0.0
+    train_seconds, callbacks = 0.0, []
     if start_epoch < config.epochs:
         callbacks = _make_callbacks(run_dir, training_model, optimizer, history, fingerprint, config.epochs,
                                     steps, progress)
@@ -316,6 +316,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         log(f"batch-norm moving statistics lag the weights: inference-mode accuracy "
             f"{bn['inference_accuracy']:.1%} vs training-mode {bn['training_mode_accuracy']:.1%}; {verdict} "
             f"(inference-mode accuracy now {now:.1%})")
+
+    for cb in callbacks:  # e.g. the emergence probe: its last snapshot is of the model as saved
+        if hasattr(cb, "finalize"):
+            cb.finalize(final)
 
     if config.saved_embedding == "pooled":
         from .zoo import pooled_embedding

@@ -13,8 +13,9 @@ from device.plan import ProbePlan, ProbeResult
 from ..evaluate import pair_scores, rank1_accuracy, verification_metrics
 from ..probe import make_plan, run_plan
 from ..probe.ascent import tap_responses
+from ..probe.compare import compare_ascents, cosine
 from ..zoo import list_taps, tap_key, tap_model
-from .metrics import ErrorSums, correlation, cosine, rows_cosine
+from .metrics import ErrorSums
 
 CHUNK = 8  # images per interpreter job: bounds memory (a stem tap of 8 faces is ~6 MB)
 # The feature level's DCT subspace: 3x3 frequencies per channel, 27 directions, 55 evaluations per
@@ -69,33 +70,6 @@ def feature_plan(model: keras.Model, images: np.ndarray, subspace_size: int = FE
     range, so the method's raw steps (which leave the valid range at deep taps) would stall there."""
     return make_plan(model, images, per_tap=5, steps=steps, step_rule="normalized",
                      subspace={"kind": "dct", "size": subspace_size})
-
-
-def compare_ascents(plan: ProbePlan, reference: ProbeResult, test: ProbeResult) -> list[dict]:
-    """Per target (mean over images): correlation of the final images and of their change from the start,
-    the objective gain of ``test`` relative to ``reference``, and the cosine of the gradient estimates at
-    the start image (``gradient_cosine``: both runs at the same point, with the same perturbations) and
-    averaged over the steps (``gradient_cosine_steps``: later steps sit where the two ascents have
-    taken the image, which drifts apart at deep taps)."""
-    rows = []
-    for j, target in enumerate(plan.targets):
-        img_corr, change_corr, grad_start, grad_cos = [], [], [], []
-        for i, start in enumerate(plan.images):
-            img_corr.append(correlation(reference.final_images[i, j], test.final_images[i, j]))
-            change_corr.append(correlation(reference.final_images[i, j] - start,
-                                           test.final_images[i, j] - start))
-            if reference.gradients is not None and test.gradients is not None:
-                per_step = rows_cosine(reference.gradients[i, j], test.gradients[i, j])
-                grad_start.append(float(per_step[0]))
-                grad_cos.append(float(np.mean(per_step)))
-        gain_ref = float(np.mean(reference.gain[:, j]))
-        rows.append({**target, "image_correlation": float(np.mean(img_corr)),
-                     "change_correlation": float(np.mean(change_corr)),
-                     "gradient_cosine": float(np.mean(grad_start)) if grad_start else None,
-                     "gradient_cosine_steps": float(np.mean(grad_cos)) if grad_cos else None,
-                     "gain_reference": gain_ref, "gain_test": float(np.mean(test.gain[:, j])),
-                     "gain_ratio": float(np.mean(test.gain[:, j]) / gain_ref) if gain_ref else None})
-    return rows
 
 
 def rescore(model: keras.Model, board, plan: ProbePlan, ascended: ProbeResult) -> dict:

@@ -15,33 +15,6 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return float(10 * np.log10(max(signal, 1e-30) / noise))
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of two flattened tensors (1.0 for two zero tensors)."""
-    a = np.ravel(np.asarray(a, np.float64))
-    b = np.ravel(np.asarray(b, np.float64))
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 and nb == 0:
-        return 1.0
-    return float(a @ b / max(na * nb, 1e-30))
-
-
-def rows_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine per row of two (n, ...) arrays."""
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    return np.sum(a * b, axis=1) / den
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two flattened tensors (0.0 when either is constant)."""
-    a = np.ravel(np.asarray(a, np.float64))
-    b = np.ravel(np.asarray(b, np.float64))
-    a, b = a - a.mean(), b - b.mean()
-    den = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / den) if den > 0 else 0.0
-
-
 def rmse_over_scale(ref: np.ndarray, test: np.ndarray, scale: float | None) -> float | None:
     """RMSE divided by the tensor's quantization step (~0.29 is ideal uniform rounding: 1/sqrt(12))."""
     if not scale:

@@ -83,8 +83,14 @@ def add_parser(subparsers) -> None:
                    help="measure per-stage identity invariance on --data and print it")
     p.add_argument("--data", help="identity-folder dataset for the invariance index")
     p.add_argument("--identities", help="only these identities of --data, e.g. s31-s40")
-    p.add_argument("--source", choices=("responses", "ascent"), default="responses",
-                   help="invariance of tap responses (default) or of the ascent changes")
+    p.add_argument("--source", choices=("ascent", "responses"), default="ascent",
+                   help="invariance of the visualisations (ascent changes, default: the method's figure) or "
+                        "of the tap responses; every stage pooled to the last stage's grid")
+    p.add_argument("--grid", type=int, help="the common grid of the invariance index (default: the last "
+                                            "stage's map size)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="untrained networks (initialisation seeds) each finding is compared with "
+                        "(default 3; 0: no controls)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     writes_folder(p, "findings.json", "invariance.json")
     p.set_defaults(run=run)
@@ -92,7 +98,7 @@ def add_parser(subparsers) -> None:
 
 def _invariance(args, model, size: int) -> dict:
     from ..data import load_identity_folders, normalize
-    from ..probe.invariance import stage_invariance
+    from ..probe.invariance import invariance_finding, stage_invariance
     from ..training.config import parse_identities
 
     if not args.data:
@@ -100,11 +106,34 @@ def _invariance(args, model, size: int) -> dict:
     fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json)
     if args.identities:
         fs = fs.select(parse_identities(args.identities))
-    detail = stage_invariance(model, normalize(fs.images), fs.labels, source=args.source,
-                              per_tap=args.per_stage, rule=args.channel_rule, steps=args.steps,
-                              step_size=args.step_size, step_rule=args.step_rule)
-    return {"stages": {s: v["index"] for s, v in detail.items()}, "detail": detail, "source": args.source,
-            "data": str(args.data), "identities": len(fs.names), "images": len(fs)}
+    settings = {"per_tap": args.per_stage, "rule": args.channel_rule, "steps": args.steps,
+                "step_size": args.step_size, "step_rule": args.step_rule,
+                "objective": {"kind": args.objective, "position": args.position}}
+    out = {"source": args.source, "data": str(args.data), "identities": len(fs.names), "images": len(fs)}
+    if args.seeds:
+        finding = invariance_finding(model, normalize(fs.images), fs.labels, source=args.source,
+                                     seeds=tuple(range(1, args.seeds + 1)), grid=args.grid, **settings)
+        return {"stages": finding["trained"], "controls": finding["controls"], "ci": finding["ci"],
+                "effect": finding["effect"], "verdict": finding["verdict"], "detail": finding["detail"],
+                "finding": finding, "grid": finding["grid"], **out}
+    detail = stage_invariance(model, normalize(fs.images), fs.labels, source=args.source, grid=args.grid,
+                              **settings)
+    return {"stages": {s: v["index"] for s, v in detail.items()}, "detail": detail, **out}
+
+
+def _invariance_table(inv: dict) -> str:
+    """One line per stage: the index, and with controls each control, the effect, its interval, verdict."""
+    if "controls" not in inv:
+        return "\n".join(f"{s:>6}: invariance index {v:.4f}" for s, v in inv["stages"].items())
+    lines = [f"invariance index ({inv['source']}, {inv['grid']}x{inv['grid']} grid, {inv['identities']} "
+             f"identities): trained | untrained, pixels, noise, permutation | effect vs untrained [95% CI]"]
+    for s, v in inv["stages"].items():
+        c = {k: inv["controls"][k][s] for k in ("untrained", "pixels", "noise", "permutation")}
+        lo, hi = inv["ci"][s]
+        lines.append(f"{s:>6}: {v:.3f} | {c['untrained']:.3f}, {c['pixels']:.3f}, {c['noise']:.3f}, "
+                     f"{c['permutation']:.3f} | {inv['effect'][s]:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                     f"{inv['verdict'][s]}")
+    return "\n".join(lines)
 
 
 def _plan(args, model, size: int):
@@ -139,7 +168,7 @@ def _boards(args, plan, host_result) -> dict:
 
     from device.cli import TOKEN_ENV
 
-    from ..check.levels import compare_ascents
+    from ..probe.compare import compare_ascents
     from ..remote import probe_remote
 
     results = probe_remote(args.agent, args.tflite, plan, token=args.token or os.environ.get(TOKEN_ENV))
@@ -161,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out DIR is required (where the plan, result, pictures and report go)")
     if args.position is not None and len(args.position) != 2:
         raise ValueError(f"--position must be ROW,COL, got {args.position}")
+    if args.seeds < 0 or (args.grid is not None and args.grid < 1):
+        raise ValueError("--seeds must be >= 0 and --grid >= 1")
     model, _ = load_face_model(args.model)
     size = int(model.input_shape[1])
     if args.invariance:
@@ -169,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
             from ..atomic import write_json
 
             write_json(Path(args.out) / "invariance.json", inv)
-        print(json.dumps(inv, indent=2) if args.json else
-              "\n".join(f"{s:>6}: invariance index {v:.4f}" for s, v in inv["stages"].items()))
+        print(json.dumps(inv, indent=2) if args.json else _invariance_table(inv))
         return 0
 
     from ..probe.ascent import run_plan
@@ -185,13 +215,25 @@ def run(args: argparse.Namespace) -> int:
         plan.save(args.save_plan)
     result = run_plan(model, plan, progress=not args.json)
     extra = {"images": origin, "channel_rule": rule}
+    if args.seeds and not args.plan:
+        from ..probe.findings import frequency_finding
+
+        extra["findings"] = frequency_finding(model, plan.images, seeds=tuple(range(1, args.seeds + 1)),
+                                              per_tap=args.per_stage, rule=args.channel_rule,
+                                              steps=args.steps, step_size=args.step_size,
+                                              step_rule=args.step_rule, objective=plan.objective)
     if args.data:
         inv = _invariance(args, model, size)
         extra.update(invariance=inv["detail"], invariance_source=f"{inv['source']} on {inv['data']}")
+        if "finding" in inv:
+            extra.setdefault("findings", {})["invariance"] = inv["finding"]
     findings = write_outputs(model, plan, result, args.out, **extra)
     summary = {"out": str(args.out), "report": findings["report"],
                "seconds": result.meta["runtime"]["seconds"], "targets": len(plan.targets),
                "images": len(plan.images), "stages": findings["stages"]}
+    if "findings" in findings:
+        summary["findings"] = {k: {f: v[f] for f in ("trained", "controls", "effect", "ci", "verdict")}
+                               for k, v in findings["findings"].items()}
     if "invariance" in findings:
         summary["invariance"] = {s: v["index"] for s, v in findings["invariance"].items()}
     if args.agent:
@@ -204,6 +246,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{row['objective_final']:.3g}, frequency centroid {row['frequency_centroid']:.3f}, "
                   f"colour share {row['colour_share']:.3f}, final range [{row.get('range_min', 0):.2f}, "
                   f"{row.get('range_max', 0):.2f}]")
+        for name, f in summary.get("findings", {}).items():
+            for stage, value in f["trained"].items():
+                lo, hi = f["ci"][stage]
+                untrained = f["controls"]["untrained"][stage]
+                print(f"{name:>10} {stage:>6}: {value:.3f} vs untrained {untrained:.3f}, "
+                      f"effect {f['effect'][stage]:+.3f} [{lo:+.3f}, {hi:+.3f}]: {f['verdict'][stage]}")
         for url, board in summary.get("boards", {}).items():
             print(f"board {url}: gradient cosine vs host {board['gradient_cosine']:.4f}, change correlation "
                   f"{board['change_correlation']:.4f} ({board['result']})")

@@ -1,4 +1,5 @@
-"""The gradient-ascent probe: plans, batched autodiff ascent, channel choice and the three findings.
+"""The gradient-ascent probe: plans, batched autodiff ascent, channel choice and the three findings with
+their controls.
 
 Heavy (TensorFlow) submodules load on first use, so importing ``toolkit.probe`` stays cheap.
 """

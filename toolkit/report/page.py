@@ -81,11 +81,91 @@ def _by_stage(rows: dict[str, dict]) -> list[dict]:
 
 
 
-STAGE_KEYS = ["stage", "taps", "frequency_centroid", "colour_share", "objective_start", "objective_final",
-              "objective_ratio", "step_rms_first", "step_rms_last", "change_rms", "range_min", "range_max"]
-INVARIANCE_KEYS = ["stage", "index", "within", "between", "pairs_within", "pairs_between"]
-TARGET_KEYS = ["tap", "channel", "objective_start", "objective_final", "step_rms_first", "step_rms_last",
-               "final_min", "final_max", "captured_share"]
+STAGE_COLUMNS = {
+    "stage": "the stage (first, middle, last) of the taps probed",
+    "taps": "the tap(s) of the stage (pre-activation: a conv block's batch-norm output, before its "
+            "activation)",
+    "frequency_centroid": "power-weighted mean radial frequency of the change (final - start image), grey, "
+                          "1 = Nyquist; white noise scores 0.765",
+    "colour_share": "share of the change's energy in colour rather than luminance; white noise scores 0.667",
+    "objective_start": "mean of the channel objective on the start images",
+    "objective_final": "mean of the channel objective after the last step",
+    "objective_ratio": "objective_final / |objective_start|: how far the ascent pushed",
+    "step_rms_first": "RMS of the first applied step (normalised pixel units, valid range about [-1, 1])",
+    "step_rms_last": "RMS of the last applied step",
+    "change_rms": "RMS of the whole change final - start",
+    "range_min": "smallest pixel value of the final images",
+    "range_max": "largest pixel value of the final images",
+}
+FINDING_COLUMNS = {
+    "stage": "the stage",
+    "trained": "the statistic on the trained model",
+    "untrained": "the same architecture freshly initialised, mean over seeds (the control the effect is "
+                 "measured against)",
+    "pixels": "the statistic of the start images themselves (frequency, colour) or of raw pixels pooled to "
+              "the same grid (invariance)",
+    "noise": "the statistic of white noise",
+    "permutation": "invariance index with identities shuffled (mean of the permutation null)",
+    "untrained_band": "95 % prediction band of one untrained network (emergence)",
+    "effect": "trained - untrained",
+    "ci": "95 % bootstrap interval of the effect (over images, or identities for invariance)",
+    "seed_band": "half-width of the 95 % prediction interval of one more untrained network: an effect "
+                 "inside it is no larger than re-initialising gives",
+    "verdict": "reproduced / not reproduced / inconclusive (rule in toolkit/probe/controls.py)",
+}
+INVARIANCE_COLUMNS = {
+    "stage": "the stage",
+    "index": "(W - B) / (1 - B): 1 = a person's photos give the same vector, 0 = no more alike than "
+             "strangers'",
+    "within": "W: mean cosine similarity of centred stage vectors over same-person pairs",
+    "between": "B: the same over different-person pairs",
+    "pairs_within": "number of same-person pairs",
+    "pairs_between": "number of different-person pairs",
+}
+EMERGENCE_COLUMNS = {
+    "stage": "the stage",
+    "onset": "first iteration from which the stage's visualisation stays outside the untrained null band "
+             "(frequency centroid or colour share); None: never for good",
+    "verdict": "reproduced (an onset), not reproduced (inside the band at the end), inconclusive",
+    "settled_from": "first iteration from which the visualisation correlates >= the threshold with the "
+                    "final one (settling, not onset)",
+    "final_frequency_centroid": "frequency centroid of the change at the last snapshot (the saved model)",
+    "null_band": "the untrained null band of the frequency centroid",
+    "taps": "the tap probed",
+    "channels": "the channels probed (evenly spread, fixed during training)",
+}
+TARGET_COLUMNS = {
+    "tap": "the tap", "channel": "the channel maximised",
+    "objective_start": "objective on the start images (mean over images)",
+    "objective_final": "objective after the last step",
+    "step_rms_first": "RMS of the first applied step", "step_rms_last": "RMS of the last applied step",
+    "final_min": "smallest pixel of the final images", "final_max": "largest pixel of the final images",
+    "captured_share": "share of the gradient inside the subspace (subspace ascent only)",
+}
+
+
+def columns(explained: dict[str, str], present: list[str] | None = None) -> str:
+    """One line per table column saying what it holds (only the ``present`` ones when given)."""
+    keys = [k for k in explained if present is None or k in present]
+    items = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(explained[k])}</li>" for k in keys)
+    return f"<ul class='columns'>{items}</ul>"
+
+
+def finding_rows(finding: dict) -> list[dict]:
+    """A finding (``toolkit.probe.controls.assemble``) as one table row per stage."""
+    rows = []
+    for s, trained in finding["trained"].items():
+        row = {"stage": s, "trained": trained}
+        row.update({name: values[s] for name, values in finding["controls"].items()})
+        row.update(effect=finding["effect"][s], ci=finding["ci"][s], seed_band=finding["seed_band"][s],
+                   verdict=finding["verdict"][s])
+        rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict], explained: dict[str, str]) -> str:
+    keys = [k for k in explained if any(k in r for r in rows)]
+    return columns(explained, keys) + table(rows, keys)
 
 
 def _settings(plan: ProbePlan, result: ProbeResult) -> str:
@@ -107,28 +187,32 @@ def render(run_dir: str | os.PathLike) -> Path:
     parts = [f"<h1>faceprobe probe: {html.escape(findings.get('model', ''))}</h1>", _settings(plan, result),
              f"<p>Channels: {html.escape(findings.get('channel_rule', ''))}</p>",
              "<h2>What each stage captures</h2>",
-             "<p>frequency_centroid: radial spatial-frequency centroid of the change (1 = Nyquist); "
-             "colour_share: share of the change's energy in colour; objective_ratio: final / start "
-             "objective; step RMS and final image range in normalised units (valid range about [-1, 1]).</p>",
-             table(_by_stage(findings["stages"]), STAGE_KEYS)]
+             _table(_by_stage(findings["stages"]), STAGE_COLUMNS)]
+    for name, finding in findings.get("findings", {}).items():
+        parts += [f"<h3>Finding: {html.escape(name)} ({html.escape(finding['statistic'])}) against controls"
+                  "</h3>", f"<p>Claim: {html.escape(finding['claim'])}.</p>",
+                  _table(finding_rows(finding), FINDING_COLUMNS)]
     if findings.get("invariance"):
         parts += ["<h2>Identity invariance</h2>",
-                  "<p>(W &minus; B) / (1 &minus; B): W, B = mean cosine similarity of centred stage vectors "
-                  f"within / between people ({html.escape(findings.get('invariance_source', ''))}).</p>",
-                  table(_by_stage(findings["invariance"]), INVARIANCE_KEYS)]
+                  f"<p>Source: {html.escape(findings.get('invariance_source', ''))}.</p>",
+                  _table(_by_stage(findings["invariance"]), INVARIANCE_COLUMNS)]
     emergence = find_emergence(probe_dir)
     if emergence:
-        rows = {s: {"stable_from": v["stable_from"], "taps": v["taps"], "channels": v["channels"]}
+        rows = {s: {"onset": v["onset"], "verdict": v["verdict"], "settled_from": v["settled_from"],
+                    "final_frequency_centroid": v["frequency_centroid"][-1],
+                    "null_band": v["null_band"]["frequency_centroid"], "taps": v["taps"],
+                    "channels": v["channels"]}
                 for s, v in emergence["stages"].items()}
         parts += ["<h2>Emergence during training</h2>",
-                  f"<p>First iteration from which a stage's visualisation stays correlated &ge; "
-                  f"{emergence['threshold']} with its final state (snapshot every {emergence['every']} "
-                  f"iterations, {len(emergence['iterations'])} snapshots).</p>",
-                  table(_by_stage(rows), ["stage", "stable_from", "taps", "channels"])]
+                  f"<p>Snapshot every {emergence['every']} iterations, {len(emergence['iterations'])} "
+                  f"snapshots; order of onsets with depth: {html.escape(emergence['finding']['order'])}.</p>",
+                  _table(_by_stage(rows), EMERGENCE_COLUMNS)]
+        if "finding" in emergence:
+            parts.append(_table(finding_rows(emergence["finding"]), FINDING_COLUMNS))
     parts.append("<h2>Per stage: results, changes and feature maps (first start image)</h2>")
     parts += [img_tag(p, name) for name, p in figures.items() if name.startswith("stage_")]
     parts += ["<h2>Same person, several photos</h2>", img_tag(figures["same_person"], "same person"),
-              "<h2>Per target</h2>", table(result.summary()["targets"], TARGET_KEYS)]
+              "<h2>Per target</h2>", _table(result.summary()["targets"], TARGET_COLUMNS)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>faceprobe probe</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     out = probe_dir / "report.html"
