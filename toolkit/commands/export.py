@@ -18,12 +18,17 @@ def add_parser(subparsers) -> None:
                     "<stem>.manifest.json. Every file is loaded back and checked (taps present, float32 "
                     "equal to Keras, deploy and probe embeddings agree) before anything is written.")
     p.add_argument("model", help="model.keras written by `faceprobe train`")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS,
-                   help=f"comma-separated: float32, float16, dynamic_int8, int8 (default {DEFAULT_VARIANTS})")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated: float32, float16, dynamic_int8, int8, int16x8 "
+                        f"(default {DEFAULT_VARIANTS}; with --recipe: the recipe's variant)")
+    p.add_argument("--recipe", default=None, metavar="FILE",
+                   help="quantization recipe (TOML/JSON: variant, per-block precision, calibration, int8 I/O; "
+                        "see docs/quantization.md), e.g. the one `faceprobe check --search` writes; the "
+                        "flags below then only fill what it leaves open (--calibration)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--calibration", default=None,
                    help="folder of identity folders of training faces, for int8 calibration")
-    p.add_argument("--calibration-size", type=int, default=200,
+    p.add_argument("--calibration-size", type=int, default=None,
                    help="faces drawn for int8 calibration (default 200)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="taps whose blocks stay float in int8 (e.g. stage2/block1)")
@@ -34,17 +39,38 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def recipes_from_args(args: argparse.Namespace) -> list:
+    """The recipes to export: the --recipe file, or one per --variants built from the flags."""
+    from ..export import Calibration, Recipe, load_recipe
+
+    loose = {"--keep-float": args.keep_float, "--int8-io": args.int8_io,
+             "--calibration-size": args.calibration_size is not None}
+    if args.recipe:
+        given = [flag for flag, value in loose.items() if value]
+        if given or args.variants:
+            raise ValueError(f"--recipe {args.recipe} already says {', '.join(given or ['--variants'])}: "
+                             "edit the recipe file instead of passing both")
+        return [load_recipe(args.recipe)]
+    variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
+    if args.keep_float and "int8" not in variants:
+        raise ValueError("--keep-float applies to the int8 variant; add int8 to the variants")
+    if args.int8_io and "int8" not in variants:
+        raise ValueError("--int8-io applies to the int8 variant; add int8 to the variants")
+    calibration = Calibration(count=args.calibration_size or 200, seed=args.seed)
+    return [Recipe(variant=v, calibration=calibration,
+                   precision={t: "float32" for t in args.keep_float} if v == "int8" else {},
+                   int8_io=args.int8_io and v == "int8") if v in ("int8", "int16x8") else v
+            for v in variants]
+
+
 def run(args: argparse.Namespace) -> int:
     from device.manifest import load_manifest, manifest_path_for
 
     from ..export import ExportVerificationError, export_model
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
-        files = export_model(args.model, args.out, variants=variants, calibration=args.calibration,
-                             keep_float=args.keep_float, int8_io=args.int8_io,
-                             calibration_size=args.calibration_size, seed=args.seed,
-                             progress=not args.json)
+        files = export_model(args.model, args.out, variants=recipes_from_args(args),
+                             calibration=args.calibration, progress=not args.json)
     except ExportVerificationError as exc:
         print(f"faceprobe export: {exc}", file=sys.stderr)
         return 1

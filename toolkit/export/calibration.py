@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CALIBRATION_SIZE = 200
+from .recipe import DEFAULT_CALIBRATION_SIZE
 
 
 def calibration_sample(
