@@ -22,9 +22,9 @@ def add_parser(subparsers) -> None:
                    help="comma-separated: float32, float16, dynamic_int8, int8, int16x8 "
                         f"(default {DEFAULT_VARIANTS}; with --recipe: the recipe's variant)")
     p.add_argument("--recipe", default=None, metavar="FILE",
-                   help="quantization recipe (TOML/JSON: variant, per-block precision, calibration, int8 I/O; "
-                        "see docs/quantization.md), e.g. the one `faceprobe check --search` writes; the "
-                        "flags below then only fill what it leaves open (--calibration)")
+                   help="quantization recipe (TOML/JSON: variant, per-block precision, calibration, "
+                        "int8 I/O; see docs/quantization.md), e.g. the one `faceprobe check --search` "
+                        "writes; --calibration fills the faces it leaves open")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--calibration", default=None,
                    help="folder of identity folders of training faces, for int8 calibration")
