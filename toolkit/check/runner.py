@@ -89,6 +89,21 @@ def data_verdict(float_accuracy: float, thresholds: dict) -> str | None:
     return None
 
 
+def prepare_data(model, meta: dict, faces: FaceSet, opts: CheckOptions) -> CheckData:
+    """The check's faces normalised, the float model's embeddings, the pairs and the tap-level sample."""
+    rng = np.random.default_rng(opts.seed)
+    sample_idx = np.sort(rng.choice(len(faces.labels), min(opts.sample, len(faces.labels)), replace=False))
+    images = normalize(faces.images, meta["normalization"])
+    return CheckData(faces, images, embed(model, faces.images, normalization=meta["normalization"]),
+                     make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample_idx)
+
+
+def float_verification(data: CheckData) -> float:
+    """The float model's own verification accuracy on the check pairs."""
+    return identity_level(data.float_embeddings, data.float_embeddings, data.faces.labels,
+                          data.pairs)["float"]["verification_accuracy"]
+
+
 def run_check(
     model_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -109,10 +124,11 @@ def run_check(
     ``recipe``: what to export and check (default: int8 calibrated on the check faces, or on the folder
     its calibration names). ``quantized``: an exported deploy ``.tflite`` of this model to check instead
     (its probe file beside it; its manifest's recipe is what the search starts from). ``search``:
-    "on-fail" (default), "always" or "never" run the fix search. Raises ProvenanceError when
+    "on-fail" (default), "always" or "never" run the fix search ("exhaustive": every candidate, for the
+    full table). Raises ProvenanceError when
     ``quantized`` was exported from another model.
     """
-    if search not in SEARCH_MODES:
+    if search not in SEARCH_MODES + ("exhaustive",):
         raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}")
     opts = options or CheckOptions()
     recipe = recipe or Recipe("int8")
@@ -136,13 +152,9 @@ def run_check(
     calib_faces = (load_faces(cal.images, size, out, cal.identities)[0].images
                    if cal.images and recipe.calibrated else faces.images)
 
-    rng = np.random.default_rng(opts.seed)
-    sample_idx = np.sort(rng.choice(len(faces.labels), min(opts.sample, len(faces.labels)), replace=False))
-    images = normalize(faces.images, meta["normalization"])
-    check_data = CheckData(faces, images, embed(model, faces.images, normalization=meta["normalization"]),
-                           make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample_idx)
-    float_accuracy = identity_level(check_data.float_embeddings, check_data.float_embeddings, faces.labels,
-                                    check_data.pairs)["float"]["verification_accuracy"]
+    check_data = prepare_data(model, meta, faces, opts)
+    images, sample_idx = check_data.images, check_data.sample
+    float_accuracy = float_verification(check_data)
     why = data_verdict(float_accuracy, thresholds_used)
     base = {"schema": REPORT_SCHEMA,
             "model": {"path": str(model_path), "architecture": meta.get("architecture"),
@@ -194,11 +206,12 @@ def run_check(
     host = boards[0]
     bar.set_postfix_str("search")
     found = None
-    if search == "always" or (search == "on-fail" and not passed):
+    if search in ("always", "exhaustive") or (search == "on-fail" and not passed):
         checked = {"files": variant_files, "drop_pp": host["identities"]["accuracy_drop_pp"],
-                   "localisation": host["localisation"]}
+                   "localisation": host["localisation"], "passed": passed}
         found = search_recipes(model, meta, Path(model_path), recipe, checked, check_data, calib_faces,
-                               thresholds_used, out / "search", exported["float32"]["deploy"])
+                               thresholds_used, out / "search", exported["float32"]["deploy"],
+                               exhaustive=search == "exhaustive")
     bar.update()
     verdict = "pass" if passed else "fail"
     report = {

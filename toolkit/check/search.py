@@ -83,16 +83,20 @@ def pareto(rows: list[dict]) -> None:
 
 
 def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: dict, data: CheckData,
-                   calibration: np.ndarray, thresholds: dict, out: Path, float32_deploy: Path) -> dict:
-    """Try the candidates in order until one passes; returns the table (the base recipe first), the best
-    recipe (None when none passes) and where it was written (``out/recipe.toml``)."""
+                   calibration: np.ndarray, thresholds: dict, out: Path, float32_deploy: Path,
+                   exhaustive: bool = False) -> dict:
+    """Try the candidates in order until one passes (``exhaustive``: try them all, for the full table);
+    returns the table (the base recipe first), the best recipe (the first that passes; None when none
+    does) and where it was written (``out/recipe.toml``)."""
     shape = tuple(meta["input_shape"])
     reference = {"bytes": Path(float32_deploy).stat().st_size,
                  "latency_ms": latency_ms(float32_deploy, shape)}
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
-             **price(base_row["files"], reference, shape), "drop_pp": base_row["drop_pp"], "passed": False}]
-    best = None
-    for i, (name, recipe) in enumerate(candidates(base, base_row["localisation"], len(calibration)), 1):
+             **price(base_row["files"], reference, shape), "drop_pp": base_row["drop_pp"],
+             "passed": base_row["passed"]}]
+    best = base if base_row["passed"] else None
+    tried = candidates(base, base_row["localisation"], len(calibration)) if exhaustive or best is None else []
+    for i, (name, recipe) in enumerate(tried, 1):
         judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
                               out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
@@ -100,9 +104,10 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
                      "passed": judged["passed"],
                      "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
                      "files": {k: str(v) for k, v in judged["files"].items()}})
-        if judged["passed"]:
+        if judged["passed"] and best is None:
             best = recipe
-            break
+            if not exhaustive:
+                break
     pareto(rows)
     written = str(best.save(out / "recipe.toml")) if best else None
     return {"rows": rows, "best": None if best is None else best.to_dict(),
