@@ -133,7 +133,7 @@ def test_noise_faces_are_inconclusive_exit_2(models, tmp_path, capsys):
     assert "CANNOT JUDGE" in out and "min_float_verification_accuracy" in out
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["verdict"] == "inconclusive" and report["passed"] is None
-    assert report["data"]["float_verification_accuracy"] < 0.7
+    assert report["data"]["float_verification_accuracy"] < 0.6
 
 
 def test_unreachable_board_exits_2(models, open_gate, tmp_path, capsys):

@@ -51,7 +51,7 @@ def lagging_batchnorm(model_path: Path, out: Path) -> Path:
         mean, var = np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
         layer.moving_mean.assign((1 - BN_LAG) * mean)
         layer.moving_variance.assign((1 - BN_LAG) * var + BN_LAG)
-    return save_face_model(model, out / "model.keras", meta)
+    return save_face_model(model, out / "model.keras", **meta)
 
 
 def levels(board: dict) -> list[str]:
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-identities", default="s1-s30")
     p.add_argument("--sample", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="feature-level ascent steps (default 10)")
+    p.add_argument("--sound-recipe", metavar="FILE", help="the int8 recipe known to be sound on this model "
+                   "(e.g. the one `faceprobe check --search` wrote; default: plain int8, 200 faces)")
     p.add_argument("--out", help="folder to keep everything (default: a temporary one)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.check.judging import CheckOptions, check_board
     from toolkit.check.levels import feature_reference, tap_scales
     from toolkit.check.runner import float_verification, load_faces, prepare_data, run_check
-    from toolkit.export import Calibration, Recipe, export_keras
+    from toolkit.export import Calibration, Recipe, export_keras, load_recipe
     from toolkit.modelfile import load_face_model
     from toolkit.zoo import list_taps
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             return export_keras(model, meta, out / folder, [recipe], calibration=faces_for_calibration,
                                 source=model_path)[recipe.variant]
 
-        sound = export("int8", Recipe("int8"))
+        sound = export("int8", load_recipe(args.sound_recipe) if args.sound_recipe else Recipe("int8"))
         middle = (taps := list_taps(model))[len(taps) // 2].name
         cases = [("float32 re-export", "pass", export("float32", Recipe("float32"))),
                  ("float16", "pass", export("float16", Recipe("float16"))),
@@ -118,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         float_board = LocalBoard(exported["float32"]["deploy"], exported["float32"]["probe"])
         reference = feature_reference(model, float_board, data.images[data.sample[:opts.feature_images]],
                                       opts.subspace_size, opts.steps)
+        lagged = run_check(lagging_batchnorm(model_path, out / "bn-lag"), out / "bn-lag-check",
+                           recipe=Recipe("int8", calibration=Calibration(
+                               images=args.data, identities=args.calibration_identities)),
+                           data=args.data, identities=args.check_identities, options=opts, search="never",
+                           progress=False)
+        host = lagged["boards"][0] if lagged["verdict"] != "inconclusive" else None
+        lag_row = {"name": "int8 of a model with lagging batch-norm statistics", "expected": "fail",
+                   "verdict": lagged["verdict"], "levels_caught": levels(host) if host else [],
+                   "accuracy_drop_pp": host["identities"]["accuracy_drop_pp"] if host else None,
+                   "float_verification_accuracy": lagged["data"]["float_verification_accuracy"]}
         rows = []
         for name, expected, files in cases:
             scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
@@ -129,16 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                          "worst_tap_sqnr_db": min(r["sqnr_db"] for r in board["taps"]),
                          "first_broken_tap": board["localisation"]["first_broken_tap"],
                          "features": board["features"]["summary"]})
-        lagged = run_check(lagging_batchnorm(model_path, out / "bn-lag"), out / "bn-lag-check",
-                           recipe=Recipe("int8", calibration=Calibration(images=args.data,
-                                                                         identities=args.calibration_identities)),
-                           data=args.data, identities=args.check_identities, options=opts, search="never",
-                           progress=False)
-        host = lagged["boards"][0] if lagged["verdict"] != "inconclusive" else None
-        rows.append({"name": "int8 of a model with lagging batch-norm statistics", "expected": "fail",
-                     "verdict": lagged["verdict"], "levels_caught": levels(host) if host else [],
-                     "accuracy_drop_pp": host["identities"]["accuracy_drop_pp"] if host else None,
-                     "float_verification_accuracy": lagged["data"]["float_verification_accuracy"]})
+        rows.append(lag_row)
         float_accuracy = float_verification(data)
     feature_only = [r["name"] for r in rows if r["levels_caught"] == ["features"]]
     result = {"float_verification_accuracy": float_accuracy, "cases": rows,

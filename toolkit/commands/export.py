@@ -56,7 +56,8 @@ def recipes_from_args(args: argparse.Namespace) -> list:
         raise ValueError("--keep-float applies to the int8 variant; add int8 to the variants")
     if args.int8_io and "int8" not in variants:
         raise ValueError("--int8-io applies to the int8 variant; add int8 to the variants")
-    calibration = Calibration(count=args.calibration_size or 200, seed=args.seed)
+    # The folder goes into the recipe, so the manifest says which faces set the ranges.
+    calibration = Calibration(images=args.calibration, count=args.calibration_size or 200, seed=args.seed)
     return [Recipe(variant=v, calibration=calibration,
                    precision={t: "float32" for t in args.keep_float} if v == "int8" else {},
                    int8_io=args.int8_io and v == "int8") if v in ("int8", "int16x8") else v
