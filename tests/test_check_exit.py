@@ -134,6 +134,7 @@ def test_noise_faces_are_inconclusive_exit_2(models, tmp_path, capsys):
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["verdict"] == "inconclusive" and report["passed"] is None
     assert report["data"]["float_verification_accuracy"] < 0.6
+    assert "CANNOT JUDGE" in (tmp_path / "o" / "report.html").read_text()
 
 
 def test_unreachable_board_exits_2(models, open_gate, tmp_path, capsys):

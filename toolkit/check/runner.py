@@ -18,6 +18,7 @@ from ..data import FaceSet, load_identity_folders, make_pairs, normalize, synthe
 from ..evaluate import embed
 from ..export import Recipe, check_source, export_keras, file_name
 from ..modelfile import load_face_model
+from ..report.check_page import render_check
 from .boards import LocalBoard, RemoteBoard
 from .gate import load_thresholds
 from .judging import CheckData, CheckOptions, check_board
@@ -172,7 +173,7 @@ def run_check(
                               "variant": recipe.variant, "float_verification_accuracy": float_accuracy}}
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / "report.json", report)
-        (out / "report.html").unlink(missing_ok=True)  # a previous run's page would contradict it
+        render_check(out)
         return report
 
     bar.set_postfix_str("export")
@@ -255,8 +256,6 @@ def _public(board: dict) -> dict:
 
 def write_report(report: dict, boards: list[dict], reference: dict | None, out: Path) -> None:
     """report.json, the probe results (reference and per board), the figures and report.html."""
-    from ..report.check_page import render_check
-
     if reference:
         d = out / "features"
         reference["plan"].save(d / "plan.json")

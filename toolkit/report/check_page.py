@@ -132,6 +132,13 @@ def render_check(run_dir: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{out} holds no check report (report.json); run `faceprobe check` first")
     report = json.loads(path.read_text())
+    if report.get("verdict") == "inconclusive":
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>faceprobe check</title>"
+                f"<style>{STYLE}</style></head><body><h1>CANNOT JUDGE</h1><p>{html.escape(report['reason'])}"
+                f"</p><p>Model <code>{html.escape(report['model']['path'])}</code>, data "
+                f"{html.escape(report['data']['source'])}.</p></body></html>")
+        write_bytes(out / "report.html", page.encode())
+        return out / "report.html"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceprobe check</title>"
              f"<style>{STYLE}</style></head><body>", _verdict_banner(report),
              f"<p>Model <code>{html.escape(report['model']['path'])}</code>, data "
