@@ -49,18 +49,21 @@ class CheckData:
     sample: np.ndarray  # indices of the tap-level faces
 
 
-def latency_ms(tflite: Path, image_shape: tuple[int, ...], repeats: int = 30) -> float:
-    """Best-of-``repeats`` batch-1 latency of a model in this machine's interpreter (XNNPACK, 1 thread):
+def latency_ms(tflites: list[Path], image_shape: tuple[int, ...], repeats: int = 30) -> list[float]:
+    """Best-of-``repeats`` batch-1 latency of each model in this machine's interpreter (XNNPACK, 1 thread),
+    the models timed in turn round by round so that load from other processes falls on all alike;
     other processes only ever add time, so the minimum is the model's own."""
-    runtime = Runtime(tflite, threads=1)
+    runtimes = [Runtime(t, threads=1) for t in tflites]
     x = np.zeros((1, *image_shape), np.float32)
-    runtime.run(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for runtime in runtimes:
         runtime.run(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times) * 1000)
+    times: list[list[float]] = [[] for _ in runtimes]
+    for _ in range(repeats):
+        for runtime, samples in zip(runtimes, times, strict=True):
+            t0 = time.perf_counter()
+            runtime.run(x)
+            samples.append(time.perf_counter() - t0)
+    return [float(np.min(samples) * 1000) for samples in times]
 
 
 def measured_checks(taps: list[dict], features: dict | None, identities: dict) -> dict[str, float | None]:

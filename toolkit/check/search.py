@@ -65,20 +65,23 @@ def judge_recipe(model, meta: dict, model_path: Path, recipe: Recipe, data: Chec
     return {**judged, "files": files, "drop_pp": judged["identities"]["accuracy_drop_pp"]}
 
 
-def price(files: dict, reference: dict, shape: tuple[int, ...]) -> dict:
-    """Deploy size and batch-1 latency as fractions of the float32 deploy file's."""
+def price(files: dict, float32_deploy: Path, shape: tuple[int, ...]) -> dict:
+    """Deploy size and batch-1 latency as fractions of the float32 deploy file's, timed side by side."""
     deploy = Path(files["deploy"])
+    ms, reference_ms = latency_ms([deploy, Path(float32_deploy)], shape)
     return {"bytes": deploy.stat().st_size,
-            "size_ratio": deploy.stat().st_size / reference["bytes"],
-            "latency_ms": (ms := latency_ms(deploy, shape)),
-            "speedup_b1": reference["latency_ms"] / ms}
+            "size_ratio": deploy.stat().st_size / Path(float32_deploy).stat().st_size,
+            "latency_ms": ms, "float32_latency_ms": reference_ms, "speedup_b1": reference_ms / ms}
 
 
 def pareto(rows: list[dict]) -> None:
     """Mark the rows no other row beats in size, latency and verification drop at once."""
-    keys = ("size_ratio", "latency_ms", "drop_pp")
+    def cost(r: dict) -> tuple[float, float, float]:
+        return r["size_ratio"], -r["speedup_b1"], r["drop_pp"]
+
     for r in rows:
-        r["pareto"] = not any(all(o[k] <= r[k] for k in keys) and any(o[k] < r[k] for k in keys)
+        mine = cost(r)
+        r["pareto"] = not any(all(a <= b for a, b in zip(cost(o), mine, strict=True)) and cost(o) != mine
                               for o in rows if o is not r)
 
 
@@ -89,10 +92,8 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
     returns the table (the base recipe first), the best recipe (the first that passes; None when none
     does) and where it was written (``out/recipe.toml``)."""
     shape = tuple(meta["input_shape"])
-    reference = {"bytes": Path(float32_deploy).stat().st_size,
-                 "latency_ms": latency_ms(float32_deploy, shape)}
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
-             **price(base_row["files"], reference, shape), "drop_pp": base_row["drop_pp"],
+             **price(base_row["files"], float32_deploy, shape), "drop_pp": base_row["drop_pp"],
              "passed": base_row["passed"]}]
     best = base if base_row["passed"] else None
     tried = candidates(base, base_row["localisation"], len(calibration)) if exhaustive or best is None else []
@@ -100,7 +101,7 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
         judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
                               out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
-                     **price(judged["files"], reference, shape), "drop_pp": judged["drop_pp"],
+                     **price(judged["files"], float32_deploy, shape), "drop_pp": judged["drop_pp"],
                      "passed": judged["passed"],
                      "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
                      "files": {k: str(v) for k, v in judged["files"].items()}})
