@@ -137,7 +137,9 @@ def print_summary(report: dict, out: str) -> None:
     for name in summary["failed_checks"]:
         print(f"  failed: {name}")
     for board in report["boards"]:
-        print(f"  {board['name']}: {json.dumps(board['info'], sort_keys=True)}")
+        c = board["info"].get("deploy", {})
+        print(f"  {board['name']}: {c.get('runtime')} {c.get('runtime_version')}, {c.get('kernels')} "
+              f"kernels, threads {c.get('threads') or 'default'}, {c.get('machine')} (deploy file judged)")
     if report["search"]:
         print(search_table(report["search"]))
     print(f"  report: {out}/report.html")
