@@ -98,15 +98,15 @@ def cross_check(model, meta: dict, source: Path, faces: np.ndarray, n_images: in
     norm = meta["normalization"]
     size = int(model.input_shape[1])
     recipe = Recipe("int8", calibration=Calibration(count=calibration_size, seed=seed))
-    probe = export_keras(model, meta, workdir / "export", [recipe], calibration=faces,
-                         source=source)["int8"]["probe"]
+    files = export_keras(model, meta, workdir / "export", [recipe], calibration=faces, source=source)["int8"]
+    probe = files["probe"]
     # The export's own calibration draw, so the debugger's quantization parameters are the export's.
     calibration = normalize(calibration_sample(faces, size, calibration_size, seed), norm)
     rng = np.random.default_rng(seed + 1)
     pick = np.sort(rng.choice(len(faces), size=min(n_images, len(faces)), replace=False))
     images = normalize(faces[pick], norm)
 
-    board = LocalBoard(probe)
+    board = LocalBoard(files["deploy"], probe)
     scales = tap_scales(load_manifest(manifest_path_for(probe)))
     ours = tap_level(model, board, images, scales)
     theirs = debugger_figures(tap_model(model), calibration, images, workdir)
