@@ -9,7 +9,8 @@ Endpoints (JSON unless stated; every endpoint, /health included, needs ``Authori
 - ``POST /models``                upload: header ``X-Manifest-Length: N``; body = the manifest JSON (N
   bytes) followed by the .tflite bytes. Validated (TFLite identifier, manifest schema, sha256) before
   it is stored. 201 when added, 200 when already held.
-- ``POST /jobs?model=<id>&kind=ascent|activations``   body = ``ProbePlan.to_bytes()``; 202 + job id
+- ``POST /jobs?model=<id>&kind=ascent|activations|embeddings``   body = ``ProbePlan.to_bytes()``; 202 + job id
+  (``embeddings`` reads only the plan's images: the deploy model's embeddings)
 - ``GET  /jobs``, ``GET /jobs/<id>``                   job status
 - ``GET  /jobs/<id>/result``      the result as .npz bytes (409 while queued/running or when failed)
 
@@ -276,7 +277,7 @@ class AgentHandler(BaseHTTPRequestHandler):
     def _post_job(self, query: dict[str, str]) -> None:
         model_id, kind = query.get("model", ""), query.get("kind", "ascent")
         if not is_model_id(model_id):
-            raise ApiError(400, "POST /jobs needs ?model=<sha256 of a held model>&kind=ascent|activations")
+            raise ApiError(400, "POST /jobs needs ?model=<sha256 of a held model>&kind=" + "|".join(KINDS))
         if kind not in KINDS:
             raise ApiError(400, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if not self.server.store.has(model_id):

@@ -22,7 +22,7 @@ from typing import Any
 
 from .files import write_atomic
 
-KINDS = ("ascent", "activations")
+KINDS = ("ascent", "activations", "embeddings")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What a job does: run a probe plan on a model (ascent or tap activations) and pack the result.
+"""What a job does: run a probe plan on a model (ascent, tap activations, or the embeddings of its images)
+and pack the result.
 
 Results travel as one ``.npz``: the arrays plus ``summary_json`` (a JSON document as uint8 bytes) that
 says which kind of result it is and carries its meta (runtime, kernels, machine, plan).
@@ -28,7 +29,17 @@ _PREFIX = "tap/"
 
 
 def check_plan(plan: ProbePlan, kind: str, manifest: dict) -> None:
-    """Raise ValueError when ``plan`` cannot run as ``kind`` on the model ``manifest`` describes."""
+    """Raise ValueError when ``plan`` cannot run as ``kind`` on the model ``manifest`` describes.
+
+    ``embeddings`` reads only the plan's images (any model with an embedding output: the deploy file)."""
+    if kind == "embeddings":
+        want = tuple(int(s) for s in manifest["input"]["shape"][1:])
+        if plan.images.ndim != 4 or plan.images.shape[0] == 0 or plan.image_shape != want:
+            raise ValueError(f"images must be (n, {', '.join(map(str, want))}) normalised float images, "
+                             f"got shape {plan.images.shape}")
+        if not any(o["kind"] == "embedding" for o in manifest["outputs"]):
+            raise ValueError("this model has no embedding output")
+        return
     plan.validate(tap_entries(manifest), tuple(manifest["input"]["shape"][1:]))
     if kind == "ascent":
         check_board_plan(plan)
@@ -40,9 +51,11 @@ def run(runtime: Runtime, plan: ProbePlan, kind: str, max_batch: int = DEFAULT_M
     check_plan(plan, kind, runtime.manifest)
     if kind == "ascent":
         return run_ascent(runtime, plan, max_batch=max_batch)
+    meta = {"kind": kind, "runtime": runtime.info(), "plan": plan.to_json()}
+    if kind == "embeddings":
+        return {"values": {}, "embedding": runtime.run(plan.images)["embedding"], "stats": {}, "meta": meta}
     acts = tap_activations(runtime, plan.images, taps=plan.taps)
-    return {"values": acts.values, "embedding": acts.embedding, "stats": acts.stats,
-            "meta": {"kind": "activations", "runtime": runtime.info(), "plan": plan.to_json()}}
+    return {"values": acts.values, "embedding": acts.embedding, "stats": acts.stats, "meta": meta}
 
 
 def _npz(arrays: dict[str, np.ndarray], summary: dict) -> bytes:
@@ -63,7 +76,7 @@ def encode(result: ProbeResult | dict[str, Any]) -> bytes:
         arrays = {k: getattr(result, k) for k in names if getattr(result, k) is not None}
         return _npz(arrays, {"kind": "ascent", **result.summary()})
     return _npz(_activation_arrays(result),
-                {"kind": "activations", "stats": result["stats"], "meta": result["meta"]})
+                {"kind": result["meta"]["kind"], "stats": result["stats"], "meta": result["meta"]})
 
 
 def decode(data: bytes) -> ProbeResult | dict[str, Any]:

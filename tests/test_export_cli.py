@@ -70,7 +70,7 @@ def test_failed_verification_writes_nothing(model_path, tmp_path, capsys, monkey
     # A float32 file can never match Keras to zero relative error: the check must fire.
     monkeypatch.setattr(verify, "KERAS_REL_TOLERANCE", 0.0)
     out = tmp_path / "out"
-    assert cli.main(["export", str(model_path), "--variants", "float32", "--out", str(out)]) == 1
+    assert cli.main(["export", str(model_path), "--variants", "float32", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "failed verification, nothing written" in err and "differs from Keras" in err
     assert not out.exists()

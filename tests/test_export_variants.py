@@ -11,7 +11,7 @@ import pytest
 from device.manifest import MANIFEST_SCHEMA, load_manifest, manifest_path_for, sha256_file
 from device.runtime import Runtime
 from toolkit.data.normalize import normalize
-from toolkit.export import AGREEMENT_COSINE, KERAS_REL_TOLERANCE, VARIANTS, export_model
+from toolkit.export import AGREEMENT_COSINE, KERAS_REL_TOLERANCE, VARIANTS, Calibration, Recipe, export_model
 from toolkit.modelfile import save_face_model
 from toolkit.zoo import get_model, list_taps, tap_key, tap_layer_name, tap_model
 
@@ -38,7 +38,9 @@ def trained(tmp_path_factory):
 def exported(trained, tmp_path_factory):
     model, path = trained
     out = tmp_path_factory.mktemp("export")
-    files = export_model(path, out, variants=VARIANTS, calibration=faces(64, 1), calibration_size=16)
+    small = Calibration(count=16)
+    recipes = [Recipe(v, calibration=small) if v in ("int8", "int16x8") else v for v in VARIANTS]
+    files = export_model(path, out, variants=recipes, calibration=faces(64, 1))
     return model, files
 
 
@@ -47,8 +49,9 @@ def kept(trained, tmp_path_factory):
     """int8 with one block kept in float and int8 input/output."""
     model, path = trained
     out = tmp_path_factory.mktemp("kept")
-    files = export_model(path, out, variants=["int8"], calibration=faces(64, 1), calibration_size=16,
-                         keep_float=["stage1/block1"], int8_io=True)
+    recipe = Recipe("int8", precision={"stage1/block1": "float32"}, calibration=Calibration(count=16),
+                    int8_io=True)
+    files = export_model(path, out, variants=[recipe], calibration=faces(64, 1))
     return model, files
 
 

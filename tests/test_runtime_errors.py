@@ -13,7 +13,7 @@ from device.activations import int8_codes, tap_activations, tap_statistics
 from device.manifest import ManifestError, ModelFileError, load_manifest, manifest_path_for
 from device.runtime import InputError, Runtime
 from toolkit.data.normalize import normalize
-from toolkit.export import export_keras
+from toolkit.export import Calibration, Recipe, export_keras
 from toolkit.modelfile import save_face_model
 from toolkit.zoo import get_model
 
@@ -30,8 +30,8 @@ def files(tmp_path_factory):
     model, meta = load_face_model(path)
     rng = np.random.default_rng(0)
     cal = rng.integers(0, 256, (40, SIZE, SIZE, 3), dtype=np.uint8)
-    return export_keras(model, meta, tmp_path_factory.mktemp("e"), ["float32", "int8"], calibration=cal,
-                        calibration_size=16)
+    return export_keras(model, meta, tmp_path_factory.mktemp("e"),
+                        ["float32", Recipe("int8", calibration=Calibration(count=16))], calibration=cal)
 
 
 @pytest.fixture

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from device.manifest import load_manifest, manifest_path_for
     from toolkit.data import synthesize
-    from toolkit.export import export_keras, file_name
+    from toolkit.export import Calibration, Recipe, export_keras, file_name
+    from toolkit.export.recipe import CALIBRATED
     from toolkit.modelfile import load_face_model, save_face_model
     from toolkit.zoo import get_model
 
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             faces = synthesize(Path(tmp) / "faces", identities=20, images_per_identity=10, size=shape[0],
                                seed=args.seed, progress=False)
             out = Path(args.out) if args.out else Path(tmp) / "export"
-            files = export_keras(model, meta, out, variants, calibration=faces,
-                                 calibration_size=args.calibration_size, seed=args.seed, source=source)
+            calibration = Calibration(count=args.calibration_size, seed=args.seed)
+            recipes = [Recipe(v, calibration=calibration) if v in CALIBRATED else v for v in variants]
+            files = export_keras(model, meta, out, recipes, calibration=faces, source=source)
             name, trained = meta.get("architecture", model.name), bool(args.model)
         export_s = time.perf_counter() - t0
         batches, threads = [1, 32], [1, 2]

@@ -91,21 +91,22 @@ def cross_check(model, meta: dict, source: Path, faces: np.ndarray, n_images: in
     from toolkit.check.boards import LocalBoard
     from toolkit.check.levels import tap_level, tap_scales
     from toolkit.data import normalize
-    from toolkit.export import calibration_sample, export_keras
+    from toolkit.export import Calibration, Recipe, calibration_sample, export_keras
     from toolkit.export.graph import output_tensor_names
     from toolkit.zoo import tap_key, tap_model
 
     norm = meta["normalization"]
     size = int(model.input_shape[1])
-    probe = export_keras(model, meta, workdir / "export", ["int8"], calibration=faces,
-                         calibration_size=calibration_size, seed=seed, source=source)["int8"]["probe"]
+    recipe = Recipe("int8", calibration=Calibration(count=calibration_size, seed=seed))
+    files = export_keras(model, meta, workdir / "export", [recipe], calibration=faces, source=source)["int8"]
+    probe = files["probe"]
     # The export's own calibration draw, so the debugger's quantization parameters are the export's.
     calibration = normalize(calibration_sample(faces, size, calibration_size, seed), norm)
     rng = np.random.default_rng(seed + 1)
     pick = np.sort(rng.choice(len(faces), size=min(n_images, len(faces)), replace=False))
     images = normalize(faces[pick], norm)
 
-    board = LocalBoard(probe)
+    board = LocalBoard(files["deploy"], probe)
     scales = tap_scales(load_manifest(manifest_path_for(probe)))
     ours = tap_level(model, board, images, scales)
     theirs = debugger_figures(tap_model(model), calibration, images, workdir)

@@ -1,7 +1,8 @@
 """Where the quantized model runs during a check: the host's own interpreter, or board agents over HTTP.
 
-Both answer the same two questions through the board's own job code (``device.tasks``): the tap
-activations of a set of images, and a probe plan's finite-difference ascent.
+A board holds both files of a variant: the deploy file (what ships) scores identities, the probe file
+(with taps) answers the tap and feature questions. Both run through the board's own job code
+(``device.tasks``), and each board reports the runtime configuration it ran them in.
 """
 
 from __future__ import annotations
@@ -9,20 +10,42 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from device import tasks
 from device.plan import ProbePlan, ProbeResult
 from device.runtime import Runtime
 
+CHUNK = 8  # images per interpreter job: bounds memory (a stem tap of 8 faces is ~6 MB)
+
+
+def _embedding_plan(images: np.ndarray) -> ProbePlan:
+    return ProbePlan(targets=[], images=images)
+
+
+def runtime_config(info: dict) -> dict:
+    """What decides a board's numbers besides the model: runtime, version, kernels, threads, machine."""
+    keys = ("runtime", "runtime_version", "kernels", "threads", "delegate", "delegate_nodes", "machine",
+            "platform", "cpu_count")
+    return {k: info.get(k) for k in keys}
+
 
 class LocalBoard:
-    """The quantized probe model in this machine's LiteRT interpreter."""
+    """The exported deploy and probe files in this machine's LiteRT interpreter."""
 
-    def __init__(self, probe_tflite: str | os.PathLike, threads: int | None = None, kernels: str = "xnnpack"):
+    def __init__(self, deploy_tflite: str | os.PathLike, probe_tflite: str | os.PathLike,
+                 threads: int | None = None, kernels: str = "xnnpack"):
+        self.deploy = Runtime(deploy_tflite, threads=threads, kernels=kernels)
         self.runtime = Runtime(probe_tflite, threads=threads, kernels=kernels)
         self.name = "host"
 
     def info(self) -> dict:
-        return self.runtime.info()
+        return {"deploy": runtime_config(self.deploy.info()), "probe": runtime_config(self.runtime.info())}
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        """The deploy file's embeddings, chunk by chunk through the board's embeddings job."""
+        return np.concatenate([tasks.run(self.deploy, _embedding_plan(images[s:s + CHUNK]), "embeddings")
+                               ["embedding"] for s in range(0, len(images), CHUNK)])
 
     def activations(self, plan: ProbePlan) -> dict:
         return tasks.run(self.runtime, plan, "activations")
@@ -32,21 +55,38 @@ class LocalBoard:
 
 
 class RemoteBoard:
-    """A board agent (`faceprobe-agent serve`) holding the quantized probe model."""
+    """A board agent (`faceprobe-agent serve`) holding the deploy and the probe file."""
 
-    def __init__(self, url: str, probe_tflite: str | os.PathLike, token: str | None = None):
+    def __init__(self, url: str, deploy_tflite: str | os.PathLike, probe_tflite: str | os.PathLike,
+                 token: str | None = None):
         from ..remote import AgentClient
 
         self.client = AgentClient(url, token)
         self.name = self.client.url
+        self.deploy_id = self.client.push(Path(deploy_tflite))
         self.model_id = self.client.push(Path(probe_tflite))
         self._health = self.client.health()
+        self._runtimes: dict[str, dict] = {}
 
     def info(self) -> dict:
-        return {"agent": self.name, **self._health}
+        """The agent's own account of itself, and the runtime each file ran in (from its job results)."""
+        health = {k: self._health.get(k) for k in ("version", "runtime", "kernels", "threads", "machine",
+                                                     "system", "python")}
+        return {"agent": self.name, **health, **self._runtimes}
+
+    def _run(self, role: str, model_id: str, plan: ProbePlan, kind: str):
+        result = self.client.run(model_id, plan, kind)
+        meta = result.meta if isinstance(result, ProbeResult) else result["meta"]
+        if role not in self._runtimes and isinstance(meta, dict) and "runtime" in meta:
+            self._runtimes[role] = runtime_config(meta["runtime"])
+        return result
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._run("deploy", self.deploy_id, _embedding_plan(images[s:s + CHUNK]),
+                                         "embeddings")["embedding"] for s in range(0, len(images), CHUNK)])
 
     def activations(self, plan: ProbePlan) -> dict:
-        return self.client.run(self.model_id, plan, "activations")
+        return self._run("probe", self.model_id, plan, "activations")
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
-        return self.client.run(self.model_id, plan, "ascent")
+        return self._run("probe", self.model_id, plan, "ascent")

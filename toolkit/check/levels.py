@@ -15,9 +15,9 @@ from ..probe import make_plan, run_plan
 from ..probe.ascent import tap_responses
 from ..probe.compare import compare_ascents, cosine
 from ..zoo import list_taps, tap_key, tap_model
+from .boards import CHUNK
 from .metrics import ErrorSums
 
-CHUNK = 8  # images per interpreter job: bounds memory (a stem tap of 8 faces is ~6 MB)
 # The feature level's DCT subspace: 3x3 frequencies per channel, 27 directions, 55 evaluations per
 # finite-difference step. Gradient estimates in it track autodiff at cosine >= 0.99 on float32 and int8
 # first/middle stages (scripts/bench/fd_ascent.py), at a quarter of the cost of 8x8.

@@ -1,37 +1,32 @@
 """`run_check`: export (or take) the quantized variant, compare it with the float model at three levels on
-the host interpreter and on every board named, judge it against the thresholds, localise, suggest."""
+the host interpreter and on every board named, judge it against the thresholds, localise, and search for
+the cheapest recipe that passes when it fails."""
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from device.manifest import load_manifest, manifest_path_for
-from device.runtime import Runtime
 
 from .. import atomic
-from ..data import FaceSet, Pairs, load_identity_folders, make_pairs, normalize, synthesize
+from ..data import FaceSet, load_identity_folders, make_pairs, normalize, synthesize
 from ..evaluate import embed
-from ..export import export_model, file_name
+from ..export import Recipe, check_source, export_keras, file_name
 from ..modelfile import load_face_model
+from ..report.check_page import render_check
 from .boards import LocalBoard, RemoteBoard
-from .gate import judge, load_thresholds
-from .levels import (
-    CHUNK,
-    FEATURE_SUBSPACE,
-    feature_level,
-    feature_reference,
-    identity_level,
-    tap_level,
-    tap_scales,
-)
+from .gate import load_thresholds
+from .judging import CheckData, CheckOptions, check_board
+from .levels import feature_reference, identity_level, tap_scales
+from .search import search_recipes
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
+SEARCH_MODES = ("on-fail", "always", "never")
 
 
 def load_faces(data: str | os.PathLike | None, size: int, out: Path,
@@ -39,6 +34,8 @@ def load_faces(data: str | os.PathLike | None, size: int, out: Path,
     """The faces the check runs on: a folder of identity folders (optionally only ``identities``, e.g.
     "s31-s40"), or synthetic faces written into ``out``; ``align``: dlib's aligned chips of the faces."""
     if data is not None:
+        if not Path(data).is_dir():
+            raise FileNotFoundError(f"no folder of faces at {data}: pass a folder of identity folders")
         faces = load_identity_folders(data, image_size=size, progress=False, align=align)
         if identities:
             from ..training.config import parse_identities
@@ -53,7 +50,14 @@ def load_faces(data: str | os.PathLike | None, size: int, out: Path,
 def taken_variant(deploy: str | os.PathLike) -> tuple[str, dict[str, Path]]:
     """(variant, {"deploy", "probe"}) of an exported deploy model and the probe model beside it."""
     deploy = Path(deploy)
-    variant = load_manifest(manifest_path_for(deploy))["variant"]
+    if not deploy.is_file():
+        raise FileNotFoundError(f"--quantized {deploy}: no such file; pass a deploy .tflite written by "
+                                "`faceprobe export`")
+    manifest = load_manifest(manifest_path_for(deploy))
+    if manifest["role"] != "deploy":
+        raise ValueError(f"--quantized {deploy} is a {manifest['role']} file; pass the deploy file "
+                         f"(model.{manifest['variant']}.tflite): it is the file that ships and is judged")
+    variant = manifest["variant"]
     probe = deploy.with_name(file_name(variant, "probe"))
     if not probe.is_file():
         raise FileNotFoundError(f"{deploy} has no probe model beside it ({probe.name}); export with "
@@ -61,163 +65,166 @@ def taken_variant(deploy: str | os.PathLike) -> tuple[str, dict[str, Path]]:
     return variant, {"deploy": deploy, "probe": probe}
 
 
-def deploy_embeddings(deploy_tflite: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Embeddings of the shipped (deploy) model, in chunks."""
-    runtime = Runtime(deploy_tflite, threads=threads)
-    return np.concatenate([runtime.run(images[s:s + CHUNK])["embedding"]
-                           for s in range(0, len(images), CHUNK)])
+def taken_recipe(files: dict[str, Path]) -> Recipe | None:
+    """The recipe recorded in a taken file's manifest (None for files exported before recipes)."""
+    recorded = load_manifest(manifest_path_for(files["deploy"])).get("recipe")
+    return Recipe.from_dict(recorded, f"recipe in {files['deploy']}'s manifest") if recorded else None
 
 
-def latency_ms(tflite: Path, image_shape: tuple[int, ...], repeats: int = 30) -> float:
-    """Median batch-1 latency of a model in this machine's interpreter (1 thread)."""
-    runtime = Runtime(tflite, threads=1)
-    x = np.zeros((1, *image_shape), np.float32)
-    runtime.run(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runtime.run(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder for the report (it is created if missing)")
+    return out
 
 
-def measured_checks(taps: list[dict], features: dict | None, identities: dict) -> dict[str, float | None]:
-    """The gate's inputs from one board's three levels."""
-    feat = (features or {}).get("summary", {})
-    return {
-        "worst_tap_sqnr_db": min(r["sqnr_db"] for r in taps),
-        "worst_tap_cosine": min(r["cosine"] for r in taps),
-        "feature_change_correlation": feat.get("change_correlation"),
-        "feature_gradient_cosine": feat.get("gradient_cosine"),
-        "feature_max_saturation": feat.get("max_saturation"),
-        "accuracy_drop_pp": identities["accuracy_drop_pp"],
-        "embedding_cosine": identities["embedding_cosine_mean"],
-        "flip_fraction": identities["flip_fraction"],
-    }
+def data_verdict(float_accuracy: float, thresholds: dict) -> str | None:
+    """Why the check cannot judge on these faces (None when it can): the float model itself must verify
+    them, or a quantized model that matches it proves nothing."""
+    least = thresholds["data"]["min_float_verification_accuracy"]
+    if float_accuracy < least:
+        return (f"the float model verifies only {100 * float_accuracy:.1f} % of the check pairs (at least "
+                f"{100 * least:.0f} % needed, [data] min_float_verification_accuracy): on faces it cannot "
+                "tell apart, agreement with it shows nothing. Check on faces of real people "
+                "(--data DIR), ideally people the model never saw")
+    return None
 
 
-def localise(taps: list[dict], thresholds: dict) -> dict:
-    """The taps ranked by the noise each adds over the one before it; the first tap (in depth order) that
-    fails the tap thresholds."""
-    ranked = sorted(taps, key=lambda r: r["noise_added"], reverse=True)
-    limits = thresholds["taps"]
-    broken = next((r["tap"] for r in taps
-                   if r["sqnr_db"] < limits["min_sqnr_db"] or r["cosine"] < limits["min_cosine"]), None)
-    return {"worst_tap": ranked[0]["tap"], "first_broken_tap": broken,
-            "ranking": [{"tap": r["tap"], "noise_added": r["noise_added"]} for r in ranked]}
+def prepare_data(model, meta: dict, faces: FaceSet, opts: CheckOptions) -> CheckData:
+    """The check's faces normalised, the float model's embeddings, the pairs and the tap-level sample."""
+    rng = np.random.default_rng(opts.seed)
+    sample_idx = np.sort(rng.choice(len(faces.labels), min(opts.sample, len(faces.labels)), replace=False))
+    images = normalize(faces.images, meta["normalization"])
+    return CheckData(faces, images, embed(model, faces.images, normalization=meta["normalization"]),
+                     make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample_idx)
 
 
-@dataclass
-class CheckData:
-    """The check's faces and what every board is compared on, computed once."""
-
-    faces: FaceSet
-    images: np.ndarray  # normalised
-    float_embeddings: np.ndarray  # float Keras
-    pairs: Pairs
-    sample: np.ndarray  # indices of the tap-level faces
-
-
-def check_board(model, board, data: CheckData, scales: dict, thresholds: dict, embeddings_q: np.ndarray,
-                reference: dict | None) -> dict:
-    """All three levels on one board, judged (``reference``: the feature reference, None to skip features)."""
-    taps = tap_level(model, board, data.images[data.sample], scales)
-    feats = feature_level(model, reference, board) if reference else None
-    ident = identity_level(data.float_embeddings, embeddings_q, data.faces.labels, data.pairs)
-    verdicts = judge(measured_checks(taps, feats, ident), thresholds)
-    return {"name": board.name, "info": board.info(), "passed": all(v.passed for v in verdicts),
-            "verdicts": [v.to_dict() for v in verdicts], "taps": taps, "features": feats,
-            "identities": ident, "localisation": localise(taps, thresholds)}
+def float_verification(data: CheckData) -> float:
+    """The float model's own verification accuracy on the check pairs."""
+    return identity_level(data.float_embeddings, data.float_embeddings, data.faces.labels,
+                          data.pairs)["float"]["verification_accuracy"]
 
 
 def run_check(
     model_path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    variant: str = "int8",
+    recipe: Recipe | None = None,
     data: str | os.PathLike | None = None,
     identities: str | None = None,
-    calibration: str | os.PathLike | None = None,
-    calibration_identities: str | None = None,
     thresholds: str | os.PathLike | None = None,
-    agents: list[str] = (),
+    agents: Sequence[str] = (),
     token: str | None = None,
-    sample: int = 32,
-    feature_images: int = 1,
-    features: bool = True,
-    subspace_size: int = FEATURE_SUBSPACE,
-    steps: int = 20,
-    keep_float: list[str] = (),
     quantized: str | os.PathLike | None = None,
-    suggest: str = "on-fail",
-    seed: int = 0,
+    options: CheckOptions | None = None,
+    search: str = "on-fail",
     progress: bool = True,
     align: bool = False,
 ) -> dict:
-    """Run the check and write report.json (+ figures and report.html) into ``out_dir``; returns the report.
+    """Run the check and write report.json (+ figures and report.html) into ``out_dir``; returns the report,
+    whose ``verdict`` is "pass", "fail" or "inconclusive" (the float model cannot verify the faces).
 
-    ``quantized``: an already exported deploy ``.tflite`` to check instead of exporting ``variant`` (its
-    probe model must lie beside it). ``suggest``: "on-fail" (default), "always" or "never" re-export with
-    the localised fix and re-check.
+    ``recipe``: what to export and check (default: int8 calibrated on the check faces, or on the folder
+    its calibration names). ``quantized``: an exported deploy ``.tflite`` of this model to check instead
+    (its probe file beside it; its manifest's recipe is what the search starts from). ``search``:
+    "on-fail" (default), "always" or "never" run the fix search ("exhaustive": every candidate, for the
+    full table). Raises ProvenanceError when
+    ``quantized`` was exported from another model.
     """
-    if suggest not in ("on-fail", "always", "never"):
-        raise ValueError(f"suggest must be on-fail, always or never, got {suggest!r}")
-    if variant == "float32":
-        raise ValueError("--variant float32 is the reference itself; check float16, dynamic_int8 or int8")
-    out = Path(out_dir)
-    bar = tqdm(total=5, desc="check", disable=not progress, unit="stage")
-    model, meta = load_face_model(model_path)
-    size = int(model.input_shape[1])
+    if search not in SEARCH_MODES + ("exhaustive",):
+        raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}")
+    opts = options or CheckOptions()
+    recipe = recipe or Recipe("int8")
+    if recipe.variant == "float32":
+        raise ValueError("variant float32 is the reference itself; check float16, dynamic_int8, int8 or "
+                         "int16x8")
+    out = check_out_dir(out_dir)
     thresholds_used = load_thresholds(thresholds)
-    faces, source = load_faces(data, size, out, identities, align)
-    calib_faces = (load_faces(calibration, size, out, calibration_identities, align)[0].images
-                   if calibration else faces.images)
-    bar.set_postfix_str("export")
-    # The float32 TFLite is the feature level's reference; a taken variant is not exported again.
-    wanted = (["float32"] if features else []) + ([] if quantized else [variant])
-    exported = (export_model(model_path, out / "export", variants=wanted, calibration=calib_faces,
-                             keep_float=() if quantized else keep_float, seed=seed) if wanted else {})
+    model, meta = load_face_model(model_path)
+    taken = None
     if quantized is not None:
-        variant, exported[variant] = taken_variant(quantized)
+        variant, taken = taken_variant(quantized)
+        for role, path in taken.items():
+            check_source(load_manifest(manifest_path_for(path)), model, model_path,
+                         f"--quantized {role} file {path}")
+        recipe = taken_recipe(taken) or Recipe(variant)
+    bar = tqdm(total=5, desc="check", disable=not progress, unit="stage")
+    size = int(model.input_shape[1])
+    faces, source = load_faces(data, size, out, identities, align)
+    cal = recipe.calibration
+    calib_faces = (load_faces(cal.images, size, out, cal.identities, align)[0].images
+                   if cal.images and recipe.calibrated else faces.images)
+
+    check_data = prepare_data(model, meta, faces, opts)
+    images, sample_idx = check_data.images, check_data.sample
+    float_accuracy = float_verification(check_data)
+    why = data_verdict(float_accuracy, thresholds_used)
+    base = {"schema": REPORT_SCHEMA,
+            "model": {"path": str(model_path), "architecture": meta.get("architecture"),
+                      "input_shape": meta.get("input_shape")},
+            "data": {"source": source, "images": int(len(faces.labels)), "identities": len(faces.names),
+                     "pairs": int(len(check_data.pairs.issame)), "tap_sample": int(len(sample_idx)),
+                     "float_verification_accuracy": float_accuracy,
+                     "calibration": (f"{cal.images} ({cal.identities or 'all'})" if cal.images
+                                     else "the check faces")},
+            "thresholds": thresholds_used, "recipe": recipe.to_dict()}
+    if why:
+        bar.close()
+        report = {**base, "verdict": "inconclusive", "passed": None, "reason": why,
+                  "summary": {"verdict": "inconclusive", "passed": None, "reason": why,
+                              "variant": recipe.variant, "float_verification_accuracy": float_accuracy}}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(out / "report.json", report)
+        render_check(out)
+        return report
+
+    bar.set_postfix_str("export")
+    # The float32 TFLite is the feature level's reference and the search's price; a taken file is not
+    # exported again.
+    wanted = ["float32"] + ([] if taken else [recipe])
+    exported = export_keras(model, meta, out / "export", wanted, calibration=calib_faces,
+                            source=Path(model_path))
+    if taken:
+        exported[recipe.variant] = taken
+    variant_files = exported[recipe.variant]
     bar.update()
 
-    rng = np.random.default_rng(seed)
-    sample_idx = np.sort(rng.choice(len(faces.labels), min(sample, len(faces.labels)), replace=False))
-    images = normalize(faces.images, meta["normalization"])
-    feat_imgs = images[sample_idx[:feature_images]]
-    check_data = CheckData(faces, images, embed(model, faces.images, normalization=meta["normalization"]),
-                      make_pairs(faces.labels, n_folds=10, seed=seed), sample_idx)
-    probe_q = exported[variant]["probe"]
-    scales = tap_scales(load_manifest(manifest_path_for(probe_q)))
+    scales = tap_scales(load_manifest(manifest_path_for(variant_files["probe"])))
     bar.set_postfix_str("features")
-    reference = (feature_reference(model, LocalBoard(exported["float32"]["probe"]), feat_imgs, subspace_size,
-                                   steps) if features else None)
+    feat_imgs = images[sample_idx[:opts.feature_images]]
+    float_board = LocalBoard(exported["float32"]["deploy"], exported["float32"]["probe"])
+    reference = (feature_reference(model, float_board, feat_imgs, opts.subspace_size, opts.steps)
+                 if opts.features else None)
     bar.set_postfix_str("host")
-    boards = [check_board(model, LocalBoard(probe_q), check_data, scales, thresholds_used,
-                          deploy_embeddings(exported[variant]["deploy"], images), reference)]
+    host_board = LocalBoard(variant_files["deploy"], variant_files["probe"])
+    boards = [check_board(model, host_board, check_data, scales, thresholds_used, reference)]
     bar.update()
     bar.set_postfix_str("boards")
     for url in agents:
-        remote = RemoteBoard(url, probe_q, token)
-        boards.append(check_board(model, remote, check_data, scales, thresholds_used,
-                                  remote_embeddings(remote, model, images), reference))
+        remote = RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token)
+        boards.append(check_board(model, remote, check_data, scales, thresholds_used, reference))
     bar.update()
 
     passed = all(b["passed"] for b in boards)
     host = boards[0]
-    bar.set_postfix_str("suggest")
-    suggestion = None
-    if suggest == "always" or (suggest == "on-fail" and not passed):
-        from .suggest import suggest_fix
-
-        suggestion = suggest_fix(model_path, model, meta, host, exported[variant], check_data, calib_faces,
-                                 thresholds_used, reference, out / "suggestion", seed)
+    bar.set_postfix_str("search")
+    found = None
+    if search in ("always", "exhaustive") or (search == "on-fail" and not passed):
+        checked = {"files": variant_files, "drop_pp": host["identities"]["accuracy_drop_pp"],
+                   "localisation": host["localisation"], "passed": passed}
+        found = search_recipes(model, meta, Path(model_path), recipe, checked, check_data, calib_faces,
+                               thresholds_used, out / "search", exported["float32"]["deploy"],
+                               exhaustive=search == "exhaustive")
     bar.update()
+    verdict = "pass" if passed else "fail"
     report = {
-        "schema": REPORT_SCHEMA,
+        **base,
+        "verdict": verdict,
         "passed": passed,
         "summary": {
+            "verdict": verdict,
             "passed": passed,
-            "variant": variant,
+            "variant": recipe.variant,
+            "recipe": recipe.label(),
             "verification_accuracy": {"float": host["identities"]["float"]["verification_accuracy"],
                                       "quantized": host["identities"]["quantized"]["verification_accuracy"]},
             "accuracy_drop_pp": host["identities"]["accuracy_drop_pp"],
@@ -226,35 +233,18 @@ def run_check(
             "failed_checks": sorted({f"{b['name']}:{v['name']}" for b in boards for v in b["verdicts"]
                                      if not v["passed"]}),
             "boards": [b["name"] for b in boards],
-            "suggestion": None if suggestion is None else suggestion["summary"],
+            "search": None if found is None else {"best": found["best_label"],
+                                                  "recipe_file": found["recipe_file"],
+                                                  "tried": len(found["rows"]) - 1},
         },
-        "model": {"path": str(model_path), "architecture": meta.get("architecture"),
-                  "input_shape": meta.get("input_shape")},
-        "data": {"source": source, "images": int(len(faces.labels)), "identities": len(faces.names),
-                 "pairs": int(len(check_data.pairs.issame)), "tap_sample": int(len(sample_idx)),
-                 "calibration": (f"{calibration} ({calibration_identities or 'all'})" if calibration
-                                 else "the check faces")},
-        "thresholds": thresholds_used,
         "exported": {v: {r: str(p) for r, p in roles.items()} for v, roles in exported.items()},
         "boards": [_public(b) for b in boards],
-        "suggestion": suggestion,
+        "search": found,
     }
     write_report(report, boards, reference, out)
     bar.update()
     bar.close()
     return report
-
-
-def remote_embeddings(board: RemoteBoard, model, images: np.ndarray) -> np.ndarray:
-    """Embeddings from a board's probe model (its embedding output equals the deploy model's: the
-    export verified it), one activations job per chunk."""
-    from device.plan import ProbePlan
-
-    from ..zoo import list_taps
-
-    tap = list_taps(model)[-1].name
-    return np.concatenate([board.activations(ProbePlan([{"tap": tap, "channel": 0}], images[s:s + CHUNK]))
-                           ["embedding"] for s in range(0, len(images), CHUNK)])
 
 
 def _public(board: dict) -> dict:
@@ -267,8 +257,6 @@ def _public(board: dict) -> dict:
 
 def write_report(report: dict, boards: list[dict], reference: dict | None, out: Path) -> None:
     """report.json, the probe results (reference and per board), the figures and report.html."""
-    from ..report.check_page import render_check
-
     if reference:
         d = out / "features"
         reference["plan"].save(d / "plan.json")

@@ -21,11 +21,17 @@ def add_parser(subparsers) -> None:
                     "finite differences on the float and the quantized TFLite with the same perturbations, "
                     "and the full-gradient ascent re-scored on the quantized model) and identities "
                     "(embedding cosine, verification float vs quantized on the same pairs, decision flips). "
-                    "Writes report.json and a self-contained report.html into --out. Exit code: 0 pass, "
-                    "1 fail, 2 error.")
+                    "Identities are scored with the deploy file (what ships), on the host and on every "
+                    "board. When the check fails (or with --search) it tries quantization recipes in "
+                    "order of cost and writes the cheapest that passes as a recipe file. Writes "
+                    "report.json and a self-contained report.html into --out. Exit code: 0 pass, 1 fail, "
+                    "2 could not judge (bad input, a file from another model, an unreachable board, "
+                    "faces the float model cannot verify, an error).")
     p.add_argument("model", help="model.keras written by `faceprobe train`")
-    p.add_argument("--variant", default="int8", choices=["float16", "dynamic_int8", "int8"],
+    p.add_argument("--variant", default=None, choices=["float16", "dynamic_int8", "int8", "int16x8"],
                    help="the quantized variant to check (default int8)")
+    p.add_argument("--recipe", default=None, metavar="FILE",
+                   help="quantization recipe to export and check (TOML/JSON; see docs/quantization.md)")
     p.add_argument("--out", required=True, help="output folder for the export, report.json and report.html")
     p.add_argument("--data", default=None, help="identity folders of faces to check on (best: people the "
                    "model never saw); default: synthetic faces")
@@ -52,8 +58,11 @@ def add_parser(subparsers) -> None:
                    help="export with these taps' blocks kept float")
     p.add_argument("--quantized", default=None, metavar="TFLITE",
                    help="check this exported deploy model (its .probe.tflite beside it) instead of exporting")
-    p.add_argument("--suggest", default="on-fail", choices=["on-fail", "always", "never"],
-                   help="re-export with the localised fix and re-check (default: when the check fails)")
+    p.add_argument("--search", nargs="?", const="always", default="on-fail",
+                   choices=["on-fail", "always", "never"],
+                   help="the fix search: recipes in order of cost (better calibration, the localised blocks "
+                        "in float, int16 activations, float16), each checked on the same pairs, until one "
+                        "passes (default on-fail; --search alone: always)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the sampled faces, the pairs and the finite-difference perturbations")
     p.add_argument("--json", action="store_true", help="print the report's summary as JSON")
@@ -61,43 +70,93 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def recipe_from_args(args: argparse.Namespace):
+    """The recipe to check: --recipe FILE, or one built from --variant, --calibration and --keep-float."""
+    from ..export import Calibration, Recipe, load_recipe
+
+    if args.recipe:
+        loose = [f for f, v in (("--variant", args.variant), ("--keep-float", args.keep_float),
+                                ("--calibration-identities", args.calibration_identities)) if v]
+        if loose:
+            raise ValueError(f"--recipe {args.recipe} already says {', '.join(loose)}: "
+                             "edit the recipe instead")
+        recipe = load_recipe(args.recipe)
+        if args.calibration and recipe.calibration.images is None:
+            recipe = recipe.with_(calibration={"images": args.calibration})
+        return recipe
+    variant = args.variant or "int8"
+    if args.keep_float and variant != "int8":
+        raise ValueError("--keep-float applies to the int8 variant")
+    calibration = Calibration(images=args.calibration, identities=args.calibration_identities, seed=args.seed)
+    return Recipe(variant, precision={t: "float32" for t in args.keep_float}, calibration=calibration)
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..check.judging import CheckOptions
+    from ..check.runner import run_check
     from ..modelfile import check_model_file
 
     check_model_file(args.model)  # a wrong file is named before TensorFlow loads
-    from ..check.runner import run_check
 
+    if args.quantized and (args.recipe or args.variant or args.keep_float):
+        raise ValueError("--quantized checks a file already exported; drop --recipe/--variant/--keep-float "
+                         "(its manifest records the recipe that made it)")
+    options = CheckOptions(sample=args.sample, feature_images=args.feature_images,
+                           features=not args.no_features, subspace_size=args.feature_subspace, seed=args.seed)
     agents = [u.strip() for a in args.agent for u in a.split(",") if u.strip()]
     report = run_check(
-        args.model, args.out, variant=args.variant, data=args.data, identities=args.identities,
-        calibration=args.calibration, calibration_identities=args.calibration_identities,
-        thresholds=args.thresholds, agents=agents, token=args.token or os.environ.get(TOKEN_ENV),
-        sample=args.sample, feature_images=args.feature_images, features=not args.no_features,
-        subspace_size=args.feature_subspace,
-        keep_float=args.keep_float, quantized=args.quantized, suggest=args.suggest, seed=args.seed,
-        progress=not args.json, align=args.align)
+        args.model, args.out, recipe=None if args.quantized else recipe_from_args(args), data=args.data,
+        identities=args.identities, thresholds=args.thresholds, agents=agents,
+        token=args.token or os.environ.get(TOKEN_ENV), quantized=args.quantized, options=options,
+        search=args.search, progress=not args.json, align=args.align)
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))
+    elif report["verdict"] == "inconclusive":
+        print(f"CANNOT JUDGE: {summary['reason']}")
     else:
-        acc = summary["verification_accuracy"]
-        print(f"{'PASS' if summary['passed'] else 'FAIL'}: {summary['variant']} on "
-              f"{', '.join(summary['boards'])}")
-        print(f"  verification accuracy  float {acc['float']:.4f}  quantized {acc['quantized']:.4f}  "
-              f"(drop {summary['accuracy_drop_pp']:.2f} pp)")
-        print(f"  worst tap {summary['worst_tap']}; first broken tap "
-              f"{summary['first_broken_tap'] or 'none (every tap within its thresholds)'}")
-        for board in report.get("boards", []):
-            for v in board.get("verdicts", []):
-                if not v["passed"]:
-                    print(f"  failed on {board['name']}: {v['name']} {v['value']:.4g} "
-                          f"(needs {'>=' if v['direction'] == 'min' else '<='} {v['threshold']:g})")
-        if summary["suggestion"]:
-            s = summary["suggestion"]
-            fix = (f"--keep-float {s['tap']}" if s["action"] == "keep_float"
-                   else s["action"].replace("_", " "))
-            print(f"  suggestion: {fix} -> "
-                  f"{'passes' if s['passed_after'] else 'still fails'} (size x{s['size_ratio']:.2f}, "
-                  f"latency x{s['latency_ratio']:.2f})")
-        print(f"  report: {args.out}/report.html")
-    return 0 if summary["passed"] else 1
+        print_summary(report, args.out)
+    return EXIT[report["verdict"]]
+
+
+EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
+
+
+def print_summary(report: dict, out: str) -> None:
+    summary = report["summary"]
+    acc = summary["verification_accuracy"]
+    print(f"{'PASS' if summary['passed'] else 'FAIL'}: {summary['recipe']} on {', '.join(summary['boards'])}")
+    print(f"  verification accuracy  float {acc['float']:.4f}  quantized {acc['quantized']:.4f}  "
+          f"(drop {summary['accuracy_drop_pp']:.2f} pp)")
+    print(f"  worst tap {summary['worst_tap']}; first broken tap "
+          f"{summary['first_broken_tap'] or 'none (every tap within its thresholds)'}")
+    for board in report.get("boards", []):
+        for v in board.get("verdicts", []):
+            if not v["passed"]:
+                value = "not measured" if v["value"] is None else f"{v['value']:.4g}"
+                print(f"  failed on {board['name']}: {v['name']} {value} "
+                      f"(needs {'>=' if v['direction'] == 'min' else '<='} {v['threshold']:g})")
+    for board in report["boards"]:
+        c = board["info"].get("deploy", {})
+        print(f"  {board['name']}: {c.get('runtime')} {c.get('runtime_version')}, {c.get('kernels')} "
+              f"kernels, threads {c.get('threads') or 'default'}, {c.get('machine')} (deploy file judged)")
+    if report["search"]:
+        print(search_table(report["search"]))
+    print(f"  report: {out}/report.html")
+
+
+def search_table(found: dict) -> str:
+    """The fix search's table (size and batch-1 latency against float32) and its outcome."""
+    levels = " and ".join(found["judged_at"])
+    lines = [f"  fix search (judged at {levels}; size and batch-1 latency vs float32):",
+             f"  {'recipe':<44}{'size':>7}{'speedup':>9}{'drop pp':>9}  verdict"]
+    for r in found["rows"]:
+        verdict = "pass" if r["passed"] else "fail"
+        lines.append(f"  {r['label'][:43]:<44}{r['size_ratio']:>7.2f}{r['speedup_b1']:>9.2f}"
+                     f"{r['drop_pp']:>9.2f}  {verdict}{' *' if r['pareto'] else ''}")
+    if found["best"]:
+        lines.append(f"  cheapest passing recipe: {found['best_label']} -> {found['recipe_file']} "
+                     f"(export it: faceprobe export MODEL --recipe {found['recipe_file']} --out DIR)")
+    else:
+        lines.append("  no recipe passes: none of the recipes above keeps the features (* = Pareto-optimal)")
+    return "\n".join(lines)

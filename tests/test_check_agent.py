@@ -1,0 +1,61 @@
+"""Host and a loopback board agent judge the same int8 files the same way: identities from the deploy
+file on both, taps from the probe file on both, each board's runtime configuration recorded."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from device.agent import AgentServer
+from toolkit.cli import main
+from toolkit.export import Calibration, Recipe, export_model
+from toolkit.modelfile import save_face_model
+from toolkit.zoo import get_model
+
+SIZE = 32
+
+
+@pytest.fixture()
+def agent(tmp_path):
+    server = AgentServer("127.0.0.1", 0, tmp_path / "store")
+    server.quiet = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_host_and_loopback_agent_give_the_same_verdict(agent, tmp_path, capsys):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    net = get_model("tiny", input_size=SIZE, embedding_dim=8)
+    model = save_face_model(net, tmp_path / "m" / "model.keras")
+    calibration = np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
+    files = export_model(model, tmp_path / "e", [Recipe("int8", calibration=Calibration(count=16))],
+                         calibration=calibration, progress=False)
+    gate = tmp_path / "t.toml"  # an untrained model verifies at chance: open the data gate
+    gate.write_text("[data]\nmin_float_verification_accuracy = 0.0\n")
+    code = main(["check", str(model), "--quantized", str(files["int8"]["deploy"]), "--agent", agent,
+                 "--thresholds", str(gate), "--sample", "4", "--no-features", "--search", "never",
+                 "--out", str(tmp_path / "o"), "--json"])
+    assert code in (0, 1)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    host, board = report["boards"]
+    assert board["name"] == agent
+    assert host["passed"] == board["passed"]
+    assert [v["passed"] for v in host["verdicts"]] == [v["passed"] for v in board["verdicts"]]
+    # Same deploy file, same kernels: the identity numbers agree to rounding.
+    for key in ("accuracy_drop_pp", "flip_fraction", "embedding_cosine_mean"):
+        assert host["identities"][key] == pytest.approx(board["identities"][key], abs=1e-6), key
+    for h, b in zip(host["taps"], board["taps"], strict=True):
+        assert h["sqnr_db"] == pytest.approx(b["sqnr_db"], rel=1e-6)
+    # Each file's runtime configuration, from the board's own job results.
+    for role in ("deploy", "probe"):
+        assert board["info"][role]["kernels"] == host["info"][role]["kernels"] == "xnnpack"
+        assert board["info"][role]["runtime"] and board["info"][role]["machine"]
+    assert "threads" in board["info"]["deploy"]

@@ -1,0 +1,116 @@
+"""The fix search: when the check fails, try quantization recipes in order of what they give up, check
+each on the same faces and pairs, and stop at the cheapest that passes.
+
+The order (AIMET's AutoQuant applies its techniques the same way, cheapest first, until the accuracy
+target is met): better calibration (every calibration face; percentile ranges), the blocks the
+localisation names kept in float (one, then two, then three), int16 activations everywhere, float16.
+Each candidate is judged on the host at the tap and identity levels (the feature level is the slowest;
+check the chosen recipe again for it) and priced in deploy size and batch-1 latency against float32.
+LiteRT's 16x8 quantizer takes no per-block exceptions, so int16 for only the localised blocks is not a
+candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from device.manifest import load_manifest, manifest_path_for
+
+from ..export import Recipe, export_keras
+from .boards import LocalBoard
+from .judging import CheckData, check_board, latency_ms
+from .levels import tap_scales
+
+MAX_KEEP_FLOAT = 3
+
+
+def candidates(base: Recipe, localisation: dict, calibration_faces: int) -> list[tuple[str, Recipe]]:
+    """(what changed, recipe) in order of cost; recipes equal to ``base`` or to an earlier one are dropped."""
+    out: list[tuple[str, Recipe]] = []
+    if base.variant == "int8":
+        more = max(base.calibration.count, calibration_faces)
+        out.append(("calibration: every face", base.with_(calibration={"count": more})))
+        for p in (99.99, 99.9):
+            out.append((f"calibration: percentile {p:g} ranges",
+                        base.with_(calibration={"count": more, "range_rule": "percentile", "percentile": p})))
+        ranked = [localisation["first_broken_tap"]] if localisation.get("first_broken_tap") else []
+        ranked += [r["tap"] for r in localisation["ranking"]]
+        taps = list(dict.fromkeys(ranked))[:MAX_KEEP_FLOAT]
+        for n in range(1, len(taps) + 1):
+            kept = {**base.precision, **{t: "float32" for t in taps[:n]}}
+            out.append((f"keep float: {', '.join(taps[:n])}", base.with_(precision=kept)))
+    if base.variant in ("int8", "dynamic_int8"):
+        out.append(("int16 activations everywhere",
+                    Recipe("int16x8", calibration=replace(base.calibration, range_rule="minmax"))))
+    if base.variant != "float16":
+        out.append(("float16 weights", Recipe("float16")))
+    unique, seen = [], [base]
+    for name, recipe in out:
+        if recipe not in seen:
+            seen.append(recipe)
+            unique.append((name, recipe))
+    return unique
+
+
+def judge_recipe(model, meta: dict, model_path: Path, recipe: Recipe, data: CheckData,
+                 calibration: np.ndarray, thresholds: dict, out: Path) -> dict:
+    """Export ``recipe``, judge it on the host at the tap and identity levels; the files and verdicts."""
+    files = export_keras(model, meta, out, [recipe], calibration=calibration,
+                         source=model_path)[recipe.variant]
+    scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
+    judged = check_board(model, LocalBoard(files["deploy"], files["probe"]), data, scales, thresholds, None)
+    return {**judged, "files": files, "drop_pp": judged["identities"]["accuracy_drop_pp"]}
+
+
+def price(files: dict, float32_deploy: Path, shape: tuple[int, ...]) -> dict:
+    """Deploy size and batch-1 latency as fractions of the float32 deploy file's, timed side by side."""
+    deploy = Path(files["deploy"])
+    ms, reference_ms = latency_ms([deploy, Path(float32_deploy)], shape)
+    return {"bytes": deploy.stat().st_size,
+            "size_ratio": deploy.stat().st_size / Path(float32_deploy).stat().st_size,
+            "latency_ms": ms, "float32_latency_ms": reference_ms, "speedup_b1": reference_ms / ms}
+
+
+def pareto(rows: list[dict]) -> None:
+    """Mark the rows no other row beats in size, latency and verification drop at once."""
+    def cost(r: dict) -> tuple[float, float, float]:
+        return r["size_ratio"], -r["speedup_b1"], r["drop_pp"]
+
+    for r in rows:
+        mine = cost(r)
+        r["pareto"] = not any(all(a <= b for a, b in zip(cost(o), mine, strict=True)) and cost(o) != mine
+                              for o in rows if o is not r)
+
+
+def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: dict, data: CheckData,
+                   calibration: np.ndarray, thresholds: dict, out: Path, float32_deploy: Path,
+                   exhaustive: bool = False) -> dict:
+    """Try the candidates in order until one passes (``exhaustive``: try them all, for the full table);
+    returns the table (the base recipe first), the best recipe (the first that passes; None when none
+    does) and where it was written (``out/recipe.toml``)."""
+    shape = tuple(meta["input_shape"])
+    rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
+             **price(base_row["files"], float32_deploy, shape), "drop_pp": base_row["drop_pp"],
+             "passed": base_row["passed"]}]
+    best = base if base_row["passed"] else None
+    tried = candidates(base, base_row["localisation"], len(calibration)) if exhaustive or best is None else []
+    for i, (name, recipe) in enumerate(tried, 1):
+        judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
+                              out / f"{i:02d}-{recipe.variant}")
+        rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
+                     **price(judged["files"], float32_deploy, shape), "drop_pp": judged["drop_pp"],
+                     "passed": judged["passed"],
+                     "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
+                     "files": {k: str(v) for k, v in judged["files"].items()}})
+        if judged["passed"] and best is None:
+            best = recipe
+            if not exhaustive:
+                break
+    pareto(rows)
+    written = str(best.save(out / "recipe.toml")) if best else None
+    return {"rows": rows, "best": None if best is None else best.to_dict(),
+            "best_label": None if best is None else best.label(), "recipe_file": written,
+            "judged_at": ["taps", "identities"]}
