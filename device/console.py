@@ -239,7 +239,10 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | No
 
     ``before(verbose)`` runs first, e.g. to quiet libraries before they are imported.
     """
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage and the error (or --help): return, not raise
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     debug, verbose = bool(getattr(args, "debug", False)), bool(getattr(args, "verbose", False))
     name = command_name(prog, args, command_attrs)
     if before is not None:

@@ -56,8 +56,8 @@ def _faces(root: Path, people: int, images: int, seed: int) -> Path:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sample", "0"], "--sample must be an integer >= 1"),
-    (["--feature-images", "0"], "--feature-images must be an integer >= 1"),
+    (["--sample", "0"], "argument --sample: must be a positive integer"),
+    (["--feature-images", "0"], "argument --feature-images: must be a positive integer"),
     (["--data", "no/such/folder"], "no folder of faces at"),
     (["--recipe", "no-such-recipe.toml"], "no recipe file at"),
     (["--variant", "float16", "--keep-float", "stem/conv"], "applies to the int8 variant"),

@@ -331,7 +331,7 @@ def test_reports_are_legible_at_1280_px(world, tmp_path):
     assert main(["probe", str(world / "model.keras"), "--images", str(world / "faces"), "--n-images", "2",
                  "--steps", "2", "--per-stage", "2", "--out", str(probe), "--json"]) == 0
     assert main(["check", str(world / "model.keras"), "--data", str(world / "faces"), "--sample", "4",
-                 "--no-features", "--suggest", "never", "--out", str(check), "--json"]) in (0, 1)
+                 "--no-features", "--search", "never", "--out", str(check), "--json"]) in (0, 1)
     for page in (probe / "report.html", check / "report.html"):
         m = measure_in_browser(browser, page, tmp_path)
         assert m["innerWidth"] == WIDTH

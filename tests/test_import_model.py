@@ -145,7 +145,7 @@ def test_imported_models_probe_export_and_check(saved, name, variant, tmp_path, 
     exported = json.loads(capsys.readouterr().out)["variants"][variant]
     assert exported["deploy"]["verification"]["embedding_cosine_vs_keras"] > 0.9
     code = main(["check", str(model_path), "--variant", variant, "--out", str(tmp_path / "check"),
-                 "--sample", "8", "--suggest", "never", "--json"])
+                 "--sample", "8", "--search", "never", "--json"])
     assert code in (0, 1)  # a verdict either way: untrained weights decide pass or fail
     summary = json.loads(capsys.readouterr().out)
     assert summary["variant"] == variant and summary["passed"] == (code == 0)
