@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--token", help=f"bearer token (visible in `ps`: prefer --token-file or ${TOKEN_ENV})")
     tok.add_argument("--token-file", help="file holding the bearer token")
     serve.add_argument("--max-upload-mb", type=float, default=256.0, help="request body limit (default 256)")
+    serve.add_argument("--job-timeout", type=float, default=1800.0,
+                       help="seconds a job may run before it is stopped (default 1800)")
+    serve.add_argument("--queue-cap", type=int, default=16,
+                       help="jobs that may wait per model; more are answered 429 (default 16)")
+    serve.add_argument("--max-connections", type=int, default=32,
+                       help="connections served at once; more are answered 503 (default 32)")
     _runtime_args(serve)
 
     run = sub.add_parser("run", help="run a probe plan on a model here, without a server",
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             from .agent import serve
 
             serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads,
-                  args.kernels)
+                  args.kernels, args.job_timeout, args.queue_cap, args.max_connections)
             return 0
         return _run(args)
     except (ValueError, KeyError, FileNotFoundError, ImportError, OSError) as exc:

@@ -27,8 +27,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A compressed .npz of ``arrays``, as bytes."""
+def npz_bytes(arrays: dict[str, np.ndarray], compress: bool = True) -> bytes:
+    """An .npz of ``arrays`` (compressed unless told otherwise), as bytes."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     return buf.getvalue()

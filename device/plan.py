@@ -20,7 +20,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -306,10 +306,10 @@ class ProbePlan:
         with np.load(images_path) as z:
             return cls.from_json(d, z["images"])
 
-    def to_bytes(self) -> bytes:
-        """One .npz holding the images and the plan JSON (for HTTP transport)."""
+    def to_bytes(self, compress: bool = True) -> bytes:
+        """One .npz holding the images and the plan JSON (for HTTP transport; uncompressed for a job file)."""
         plan = np.frombuffer(json.dumps(self.to_json()).encode(), np.uint8)
-        return npz_bytes({"images": self.images, "plan_json": plan})
+        return npz_bytes({"images": self.images, "plan_json": plan}, compress)
 
     @classmethod
     def from_bytes(cls, data: bytes | str | os.PathLike, limits: PlanLimits | None = None) -> ProbePlan:
@@ -322,11 +322,14 @@ class PlanArchive:
     """A plan archive opened lazily: its JSON and its images' shape are read from headers, so limits and
     a model's needs can be checked before the images are decoded (at most once, by ``plan``)."""
 
-    def __init__(self, data: bytes | str | os.PathLike, limits: PlanLimits | None = None):
+    def __init__(self, data: bytes | str | os.PathLike | BinaryIO, limits: PlanLimits | None = None):
         self.limits = limits or PlanLimits(max_images=2**31, max_targets=2**31, max_steps=2**31,
                                            max_subspace_dims=2**31, max_image_side=2**31,
                                            max_json_bytes=2**40, max_decoded_bytes=2**62)
-        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else open(data, "rb")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(data)
+        else:
+            source = data if hasattr(data, "read") else open(data, "rb")
         try:
             _check_entry_count(source)
             self._zip = zipfile.ZipFile(source)
