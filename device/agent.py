@@ -240,6 +240,8 @@ class AgentHandler(BaseHTTPRequestHandler):
         # A request line too broken to name its version defaults to HTTP/0.9, which has no status line.
         if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
             self.request_version = "HTTP/1.0"
+        if code == 501:  # http.server's answer to a method it has no handler for: the client's mistake
+            code, message = 405, f"method {getattr(self, 'command', '')[:20]!r} is not allowed"
         try:
             msg = message or HTTPStatus(code).phrase
         except ValueError:
@@ -267,6 +269,9 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
 
     def _dispatch(self, method: str) -> None:
         try:

@@ -12,7 +12,6 @@ the time limit holds).
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
 import os
 import re
@@ -23,8 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-_PRELOAD = ["numpy", "device.tasks"]
-_BACKEND_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 _context = None
 _context_lock = threading.Lock()
 
@@ -53,14 +50,12 @@ def _get_context():
             methods = multiprocessing.get_all_start_methods()
             _context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             if "forkserver" in methods:
-                backend = next((m for m in _BACKEND_MODULES
-                                if importlib.util.find_spec(m.split(".")[0]) is not None), None)
-                _context.set_forkserver_preload(_PRELOAD + ([backend] if backend else []))
+                _context.set_forkserver_preload(["device._forkserver"])
         return _context
 
 
 def vm_bytes(field: str = "VmSize") -> int | None:
-    """This process's virtual size (or ``VmPeak``) in bytes from /proc; None where there is no /proc."""
+    """A size of this process from /proc/self/status (default: virtual size) in bytes; None without /proc."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from .activations import tap_activations
 from .ascent import DEFAULT_MAX_BATCH, check_board_plan
 from .ascent import run_plan as run_ascent
 from .files import npz_bytes, write_atomic
+from .flatbuffer import check_structure
 from .manifest import tap_entries
 from .plan import PlanArchive, PlanLimits, PlanTooLarge, ProbePlan, ProbeResult, subspace_dims
 from .runtime import Runtime
@@ -114,20 +116,21 @@ def _limits_share(limits: JobLimits) -> tuple[int, int]:
 def measure_model(tflite: str, manifest_path: str, threads: int | None, kernels: str) -> dict:
     """Load a model, run it once at batch 1 and once at batch 2, and say what that cost (in a sandbox child).
 
-    memory_bytes: peak address space the interpreter added at batch 1; per_image_bytes: what one more
-    image in a batch adds (at least its outputs).
+    memory_bytes: address space the interpreter holds after a batch of 1; per_image_bytes: what one more
+    image in a batch adds (at least its outputs). Sizes, not peaks: a forked child inherits the fork
+    server's peak, so a peak would hide what the model added.
     """
     start, base = time.perf_counter(), vm_bytes()
     runtime = Runtime(tflite, manifest_path, threads=threads, kernels=kernels)
     runtime.run(np.zeros((1, *runtime.input_shape), np.float32))
-    peak1 = vm_bytes("VmPeak")
+    size1 = vm_bytes()
     out = runtime.run(np.zeros((2, *runtime.input_shape), np.float32))
-    peak2 = vm_bytes("VmPeak")
+    size2 = vm_bytes()
     outputs = sum(v[0].nbytes for v in out.values()) + 4 * int(np.prod(runtime.input_shape))
-    if base is None or peak1 is None or peak2 is None:
+    if base is None or size1 is None or size2 is None:
         memory, per_image = 0, 4 * outputs
     else:
-        memory, per_image = peak1 - base, max(peak2 - peak1, 4 * outputs)
+        memory, per_image = size1 - base, max(size2 - size1, 4 * outputs)
     return {"memory_bytes": int(memory), "per_image_bytes": int(per_image),
             "seconds": round(time.perf_counter() - start, 4)}
 
@@ -174,7 +177,10 @@ class Task:
         self.limits, self.plan_limits = limits or JobLimits(), plan_limits or PlanLimits()
 
     def validate_model(self, tflite: Path, manifest: Path) -> dict:
-        """Load and run an uploaded model once in a sandbox; its measured needs, or ValueError why not."""
+        """Check an uploaded model's structure here, then load and run it once in a sandbox; returns its
+        measured needs, or raises ValueError saying why it is refused."""
+        with open(tflite, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            check_structure(data, self.limits.model_memory_bytes)
         try:
             return sandbox.run(measure_model, (str(tflite), str(manifest), self.threads, self.kernels),
                                self.limits.model_memory_bytes, self.limits.model_timeout_s)

@@ -24,6 +24,7 @@ from test_agent_server import ROOT, TOKEN, fake_model, raw_request
 
 from device import sandbox
 from device.agent import AgentServer, ConnectionLimits
+from device.flatbuffer import TFLiteStructure
 from device.plan import ProbePlan
 from device.tasks import JobLimits
 from toolkit.remote import AgentClient, AgentError
@@ -132,15 +133,24 @@ def test_a_model_that_asks_for_too_much_memory_is_refused_while_health_answers(a
         status, reply = upload(url, huge, tflite.read_bytes())
         assert status == 400 and "does not run here" in reply["error"], reply
         assert "memory" in reply["error"] or "crashed" in reply["error"]
-        # A flatbuffer that is not a model at all is refused by the interpreter in the child.
+        # A flatbuffer that is not a model, and a model whose tensor shape was edited to ask for ~10 GB,
+        # are refused by the structural check in the agent, before any child.
         junk = b"\x1c\x00\x00\x00TFL3" + np.random.default_rng(1).bytes(4000)
-        status, reply = upload(url, {**manifest, "sha256": hashlib.sha256(junk).hexdigest()}, junk)
-        assert status == 400 and "does not run here" in reply["error"], reply
+        walk = TFLiteStructure(tflite.read_bytes())
+        walk.check()
+        at = next(offset for offset, width, field in walk.slots if field == "tensor.shape")
+        edited = bytearray(tflite.read_bytes())
+        edited[at:at + 4] = (1 << 30).to_bytes(4, "little")
+        for bad, expected in ((junk, "not a valid TFLite flatbuffer"), (bytes(edited), "alone would take")):
+            status, reply = upload(url, {**manifest, "sha256": hashlib.sha256(bad).hexdigest()}, bad)
+            assert status == 400 and expected in reply["error"], reply
     assert watch.failures == 0 and watch.slowest < 0.1, watch.slowest
     assert server.store.ids() == [] and list(server.store.staging_dir.iterdir()) == []
     assert client.push(tflite) in server.store.ids()  # the real model passes its check
     needs = server.store.needs(server.store.ids()[0])
-    assert needs["memory_bytes"] > 0 and needs["per_image_bytes"] > 0
+    # Measured in the child: what the loaded model holds (may be 0 for a model this small, whose arena
+    # fits the heap the fork server already has) and what one more image adds (at least its tensors).
+    assert needs["memory_bytes"] >= 0 and needs["per_image_bytes"] >= 4 * 4 * 16 * 16 * 3
 
 
 def test_a_job_over_its_time_limit_fails_clearly_and_the_queue_goes_on(tmp_path):
