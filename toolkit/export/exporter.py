@@ -21,7 +21,7 @@ from ..modelfile import load_face_model
 from ..zoo import get_tap, list_taps, tap_key, tap_model
 from .calibration import DEFAULT_CALIBRATION_SIZE, calibration_sample
 from .convert import check_variants, convert, export_saved_model, keep_float_denylist
-from .graph import describe_io, float_tensor_names
+from .graph import describe_io, float_tensor_names, xnnpack_int8_taps
 from .verify import ExportVerificationError, verify_variant
 
 VERIFY_IMAGES = 16
@@ -105,6 +105,9 @@ def export_keras(
                 bar.set_postfix_str(file_name(variant, role))
                 content, options = convert(saved[role], variant, cal, int8_io and variant == "int8",
                                            denylists[role] if variant == "int8" else None)
+                if variant == "int8" and role == "probe":
+                    content, options["tap_exposure"] = xnnpack_int8_taps(
+                        content, [tap_key(t.name) for t in list_taps(model)])
                 path = staging / file_name(variant, role)
                 atomic.write_bytes(path, content)
                 kept = keep_float if variant == "int8" else []
