@@ -282,7 +282,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             self._route(method, parts, query)
         except ApiError as exc:
             self.send_error(exc.status, exc.message, headers=exc.headers)
-        except (ConnectionError, TimeoutError, OSError) as exc:
+        except (ConnectionError, TimeoutError) as exc:
             # The client went away mid-request; nothing to answer, the store is untouched.
             self.close_connection = True
             self.log_message("connection lost: %s", exc)
@@ -353,6 +353,10 @@ class AgentHandler(BaseHTTPRequestHandler):
                 raise ConnectionError(f"request body cut off after {length - left} of {length} bytes")
             left -= len(data)
             yield data
+        # The client has sent everything: what follows (a model's check in its sandbox) is the agent's
+        # own time, bounded by the sandbox's limit, not the client's deadline.
+        self.server.deadlines.set(self.connection, self.server.limits.body_timeout_s
+                                  + self.server.task.limits.model_timeout_s)
 
     def _read(self, length: int) -> bytes:
         return b"".join(self._chunks(length))

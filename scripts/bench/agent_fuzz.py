@@ -234,6 +234,7 @@ class Health(threading.Thread):
     def __init__(self, agent: Agent):
         super().__init__(daemon=True)
         self.agent, self.freezes, self.polls, self.slowest = agent, 0, 0, 0.0
+        self.times: list[float] = []
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -250,6 +251,7 @@ class Health(threading.Thread):
                 ok = False
             took = time.perf_counter() - started
             self.polls += 1
+            self.times.append(took)
             self.slowest = max(self.slowest, took)
             if not ok or took > 1.0:
                 self.freezes += 1
@@ -468,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         health.join()
         agent.check()
         agent.stop()
+        times = health.times or [0.0]
         result = {
             "models_tried": stats.models_tried,
             "requests": stats.requests,
@@ -478,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(elapsed, 1),
             "health_polls": health.polls,
             "health_slowest_ms": round(health.slowest * 1000, 1),
+            "health_median_ms": round(float(np.median(times)) * 1000, 1),
+            "health_p99_ms": round(float(np.percentile(times, 99)) * 1000, 1),
+            "health_over_100ms": int(sum(t > 0.1 for t in health.times)),
+            "load_average": list(os.getloadavg()),
             "mutations": stats.mutations,
             "mutant_jobs": stats.jobs,
             "statuses": dict(sorted(stats.statuses.items())),
@@ -492,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         for key in ("models_tried", "requests", "agent_crashes", "agent_freezes", "responses_5xx",
-                    "max_rss_mib", "seconds", "health_slowest_ms"):
+                    "max_rss_mib", "seconds", "health_slowest_ms", "health_p99_ms"):
             print(f"{key:>20}  {result[key]}")
         for kind, row in sorted(result["mutations"].items()):
             print(f"{kind:>40}  tried {row['tried']:5d}  accepted {row['accepted']:5d}")
