@@ -1,0 +1,107 @@
+"""Helpers of scripts/board/emulate.sh, host side and board side.
+
+    board.py prepare DIR              (host, TensorFlow) a tiny trained-free model: model.keras, its int8
+                                      export, probe inputs and the host's outputs of the int8 probe model
+    board.py outputs MODEL IN OUT     (board, device only) the probe model's outputs on the inputs, .npz
+    board.py compare HOST BOARD       (host) max |board - host| over every output, as JSON
+    board.py verdicts REPORT          (host) whether the board's check verdict matches the host's, as JSON
+    board.py junit XML                (host) {tests_passed, tests_failed} of a pytest JUnit file, as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 32
+
+
+def prepare(out: Path) -> None:
+    """The model the board is compared on; skipped when ``out`` holds it already."""
+    if (out / "host_outputs.npz").is_file():
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import keras
+
+    from device.files import npz_bytes, write_atomic
+    from device.runtime import Runtime
+    from toolkit.data import synthesize
+    from toolkit.export import export_model
+    from toolkit.modelfile import save_face_model
+    from toolkit.zoo import get_model
+
+    keras.utils.set_random_seed(0)
+    model_path = save_face_model(get_model("tiny", input_size=SIZE, embedding_dim=16), out / "model.keras")
+    faces = synthesize(out / "faces", identities=8, images_per_identity=6, size=SIZE, seed=0, progress=False)
+    files = export_model(model_path, out / "export", variants=["int8"], calibration=faces,
+                         calibration_size=32)
+    inputs = np.random.default_rng(0).uniform(-0.9, 0.9, (8, SIZE, SIZE, 3)).astype(np.float32)
+    np.save(out / "inputs.npy", inputs)
+    host = Runtime(files["int8"]["probe"]).run(inputs)
+    write_atomic(out / "host_outputs.npz", npz_bytes(host))
+
+
+def outputs(model: str, inputs: str, out: str) -> None:
+    from device.files import npz_bytes, write_atomic
+    from device.runtime import Runtime
+
+    runtime = Runtime(model)
+    values = runtime.run(np.load(inputs))
+    write_atomic(out, npz_bytes(values))
+    shapes = {k: list(v.shape) for k, v in values.items()}
+    print(json.dumps({"runtime": runtime.backend, "delegate_nodes": runtime.delegate_nodes, **shapes}))
+
+
+def compare(host: str, board: str) -> None:
+    with np.load(host) as h, np.load(board) as b:
+        if sorted(h.files) != sorted(b.files):
+            raise SystemExit(f"outputs differ: host {sorted(h.files)}, board {sorted(b.files)}")
+        diff = max(float(np.max(np.abs(h[k] - b[k]))) for k in h.files)
+    print(json.dumps({"max_abs_diff": diff}))
+
+
+def verdicts(report: str) -> None:
+    boards = json.loads(Path(report).read_text())["boards"]
+    host, *others = boards
+
+    def failed(board: dict) -> list[str]:
+        return sorted(v["name"] for v in board["verdicts"] if not v["passed"])
+
+    print(json.dumps({"host_passed": host["passed"], "boards_passed": [b["passed"] for b in others],
+                      "matches": bool(others) and all(b["passed"] == host["passed"]
+                                                      and failed(b) == failed(host) for b in others)}))
+
+
+def junit(xml: str) -> None:
+    try:
+        root = ET.parse(xml).getroot()
+    except (OSError, ET.ParseError):
+        print(json.dumps({"tests_passed": 0, "tests_failed": None}))
+        return
+    suites = [root] if root.tag == "testsuite" else list(root)
+    total = sum(int(s.get("tests", 0)) for s in suites)
+    failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+    skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    print(json.dumps({"tests_passed": total - failed - skipped, "tests_failed": failed,
+                      "tests_skipped": skipped}))
+
+
+def main(argv: list[str]) -> int:
+    commands = {"prepare": lambda a: prepare(Path(a[0])), "outputs": lambda a: outputs(*a),
+                "compare": lambda a: compare(*a), "verdicts": lambda a: verdicts(*a),
+                "junit": lambda a: junit(*a)}
+    if not argv or argv[0] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    commands[argv[0]](argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
