@@ -5,6 +5,7 @@
     board.py outputs MODEL IN OUT     (board, device only) the probe model's outputs on the inputs, .npz
     board.py compare HOST BOARD       (host) max |board - host| over every output, as JSON
     board.py verdicts REPORT          (host) whether the board's check verdict matches the host's, as JSON
+                                      (report of a check on a host agent, then the board's agent)
     board.py junit XML                (host) {tests_passed, tests_failed} of a pytest JUnit file, as JSON
 """
 
@@ -67,15 +68,18 @@ def compare(host: str, board: str) -> None:
 
 
 def verdicts(report: str) -> None:
-    boards = json.loads(Path(report).read_text())["boards"]
-    host, *others = boards
+    """The emulated board's verdict against the host's agent (same code path) and the host's own."""
+    host, host_agent, board = json.loads(Path(report).read_text())["boards"]
 
-    def failed(board: dict) -> list[str]:
-        return sorted(v["name"] for v in board["verdicts"] if not v["passed"])
+    def failed(b: dict) -> list[str]:
+        return sorted(v["name"] for v in b["verdicts"] if not v["passed"])
 
-    print(json.dumps({"host_passed": host["passed"], "boards_passed": [b["passed"] for b in others],
-                      "matches": bool(others) and all(b["passed"] == host["passed"]
-                                                      and failed(b) == failed(host) for b in others)}))
+    def same(a: dict, b: dict) -> bool:
+        return a["passed"] == b["passed"] and failed(a) == failed(b)
+
+    print(json.dumps({"host_agent_passed": host_agent["passed"], "board_passed": board["passed"],
+                      "host_deploy_passed": host["passed"], "matches": same(board, host_agent),
+                      "matches_host_deploy": same(board, host)}))
 
 
 def junit(xml: str) -> None:

@@ -149,12 +149,21 @@ for name in ai-edge-litert tflite-runtime; do
     grep -q listening "$LOG/agent-$name.log" && break
     sleep 1
   done
-  rm -rf "$CACHE/check-$name"
+  # The same agent natively on the host: boards and host then judge through the same code path (a
+  # board's identities come from its probe model, the host's own column from the deploy model).
+  rm -rf "$CACHE/check-$name" "$CACHE/host-store"
+  $PY -m device.cli serve --port "$((PORT + 1))" --store "$CACHE/host-store" --token-file "$RFS/opt/token" \
+    >"$LOG/host-agent-$name.log" 2>&1 &
+  HOST_AGENT_PID=$!
+  for _ in $(seq 1 60); do
+    grep -q listening "$LOG/host-agent-$name.log" && break
+    sleep 1
+  done
   $PY -m toolkit.cli check "$CACHE/host/model.keras" --variant int8 --quantized "$CACHE/host/export/model.int8.tflite" \
-    --agent "http://127.0.0.1:$PORT" --token board-emulation-token --no-features --suggest never \
-    --out "$CACHE/check-$name" >"$LOG/check-$name.log" 2>&1 || true
-  kill "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
+    --agent "http://127.0.0.1:$((PORT + 1)),http://127.0.0.1:$PORT" --token board-emulation-token --no-features \
+    --suggest never --out "$CACHE/check-$name" >"$LOG/check-$name.log" 2>&1 || true
+  kill "$AGENT_PID" "$HOST_AGENT_PID" 2>/dev/null || true
+  wait "$AGENT_PID" "$HOST_AGENT_PID" 2>/dev/null || true
   AGENT_PID=
   verdict=$($PY "$ROOT/scripts/board/board.py" verdicts "$CACHE/check-$name/report.json" 2>>"$LOG/check-$name.log" \
             || echo '{"matches": false}')
