@@ -23,29 +23,34 @@ SIZE = 32
 
 
 def prepare(out: Path) -> None:
-    """The model the board is compared on; skipped when ``out`` holds it already."""
-    if (out / "host_outputs.npz").is_file():
-        return
+    """The model the board is compared on and the host's outputs of it with XNNPACK and with the
+    reference kernels; what ``out`` holds already is kept."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import keras
-
     from device.files import npz_bytes, write_atomic
     from device.runtime import Runtime
-    from toolkit.data import synthesize
-    from toolkit.export import export_model
-    from toolkit.modelfile import save_face_model
-    from toolkit.zoo import get_model
 
-    keras.utils.set_random_seed(0)
-    model_path = save_face_model(get_model("tiny", input_size=SIZE, embedding_dim=16), out / "model.keras")
-    faces = synthesize(out / "faces", identities=8, images_per_identity=6, size=SIZE, seed=0, progress=False)
-    files = export_model(model_path, out / "export", variants=["int8"], calibration=faces,
-                         calibration_size=32)
-    inputs = np.random.default_rng(0).uniform(-0.9, 0.9, (8, SIZE, SIZE, 3)).astype(np.float32)
-    np.save(out / "inputs.npy", inputs)
-    host = Runtime(files["int8"]["probe"]).run(inputs)
-    write_atomic(out / "host_outputs.npz", npz_bytes(host))
+    probe = out / "export" / "model.int8.probe.tflite"
+    if not probe.is_file():
+        import keras
+
+        from toolkit.data import synthesize
+        from toolkit.export import export_model
+        from toolkit.modelfile import save_face_model
+        from toolkit.zoo import get_model
+
+        keras.utils.set_random_seed(0)
+        model = get_model("tiny", input_size=SIZE, embedding_dim=16)
+        model_path = save_face_model(model, out / "model.keras")
+        faces = synthesize(out / "faces", identities=8, images_per_identity=6, size=SIZE, seed=0,
+                           progress=False)
+        export_model(model_path, out / "export", variants=["int8"], calibration=faces, calibration_size=32)
+        inputs = np.random.default_rng(0).uniform(-0.9, 0.9, (8, SIZE, SIZE, 3)).astype(np.float32)
+        np.save(out / "inputs.npy", inputs)
+    for kernels, name in (("xnnpack", "host_outputs.npz"), ("reference", "host_outputs_reference.npz")):
+        if not (out / name).is_file():
+            values = Runtime(probe, kernels=kernels).run(np.load(out / "inputs.npy"))
+            write_atomic(out / name, npz_bytes(values))
 
 
 def outputs(model: str, inputs: str, out: str) -> None:

@@ -138,6 +138,10 @@ for name in ai-edge-litert tflite-runtime; do
   diff=$($PY "$ROOT/scripts/board/board.py" compare "$CACHE/host/host_outputs.npz" "$RFS/opt/out-$name.npz" \
          | $PY -c 'import json,sys; print(json.load(sys.stdin)["max_abs_diff"])')
   MAXDIFF=$($PY -c "print(max($MAXDIFF, $diff))")
+  # Against the host's reference kernels too: where the board differs from the host's XNNPACK, this
+  # tells a runtime's own int8 kernel path from an emulation fault.
+  diff_ref=$($PY "$ROOT/scripts/board/board.py" compare "$CACHE/host/host_outputs_reference.npz" \
+             "$RFS/opt/out-$name.npz" | $PY -c 'import json,sys; print(json.load(sys.stdin)["max_abs_diff"])')
 
   say "an agent on the board ($name), checked from the host"
   rm -rf "$RFS/opt/store" && echo "board-emulation-token" > "$RFS/opt/token"
@@ -168,8 +172,8 @@ for name in ai-edge-litert tflite-runtime; do
   verdict=$($PY "$ROOT/scripts/board/board.py" verdicts "$CACHE/check-$name/report.json" 2>>"$LOG/check-$name.log" \
             || echo '{"matches": false}')
   [ "$($PY -c "import json; print(json.loads('$verdict')['matches'])")" = True ] || MATCHES=false
-  RESULTS=$($PY -c "import json,sys; r=json.loads(sys.argv[1]); r[sys.argv[2]]={**json.loads(sys.argv[3]), 'int8_max_abs_diff_vs_host': float(sys.argv[4]), 'check': json.loads(sys.argv[5])}; print(json.dumps(r))" \
-            "$RESULTS" "$name" "$counts" "$diff" "$verdict")
+  RESULTS=$($PY -c "import json,sys; r=json.loads(sys.argv[1]); r[sys.argv[2]]={**json.loads(sys.argv[3]), 'int8_max_abs_diff_vs_host': float(sys.argv[4]), 'int8_max_abs_diff_vs_host_reference_kernels': float(sys.argv[6]), 'check': json.loads(sys.argv[5])}; print(json.dumps(r))" \
+            "$RESULTS" "$name" "$counts" "$diff" "$verdict" "$diff_ref")
 done
 
 OUT=$($PY -c "import json,sys; print(json.dumps({'arch': sys.argv[1], 'cpu': sys.argv[2], 'runtimes': json.loads(sys.argv[3]), 'int8_max_abs_diff_vs_host': float(sys.argv[4]), 'check_verdict_matches_host': sys.argv[5] == 'true'}, indent=2))" \
