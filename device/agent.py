@@ -7,15 +7,21 @@ Endpoints (JSON unless stated; every endpoint, /health included, needs ``Authori
 - ``GET  /models``                models held (id = sha256 of the .tflite, model, variant, bytes)
 - ``GET  /models/<id>``           a held model's manifest
 - ``POST /models``                upload: header ``X-Manifest-Length: N``; body = the manifest JSON (N
-  bytes) followed by the .tflite bytes. Validated (TFLite identifier, manifest schema, sha256) before
-  it is stored. 201 when added, 200 when already held.
-- ``POST /jobs?model=<id>&kind=ascent|activations|embeddings``   body = ``ProbePlan.to_bytes()``; 202 + job id
-  (``embeddings`` reads only the plan's images: the deploy model's embeddings)
-- ``GET  /jobs``, ``GET /jobs/<id>``                   job status
+  bytes) followed by the .tflite bytes. Validated (TFLite identifier, manifest schema, sha256), then
+  loaded and run once in a sandbox child (``device.sandbox``) before it is stored. 201 when added,
+  200 when already held with this manifest, 409 when held with another.
+- ``DELETE /models/<id>``         remove a held model (409 while it has queued or running jobs)
+- ``POST /jobs?model=<id>&kind=ascent|activations|embeddings``   body = ``ProbePlan.to_bytes()``; 202 + job
+  id (``embeddings`` reads only the plan's images: the deploy model's embeddings).
+  413 when the plan is over the agent's limits, 429 + ``Retry-After`` when the model's queue is full.
+- ``GET  /jobs``, ``GET /jobs/<id>``                   job status (queued, running, done, failed, cancelled)
+- ``DELETE /jobs/<id>``           cancel a queued or running job (409 when it has finished)
 - ``GET  /jobs/<id>/result``      the result as .npz bytes (409 while queued/running or when failed)
 
-Errors are JSON ``{"error": message, "status": code}``. The agent refuses to listen on anything but
-loopback without a token, and refuses request bodies over the upload limit with 413.
+Errors are JSON ``{"error": message, "status": code}``; a client's mistake is a 4xx. The agent refuses
+to listen on anything but loopback without a token, refuses request bodies over the upload limit with
+413, answers 503 past ``max_connections`` open connections, and drops a connection whose request is
+not done by its deadline (headers within ``header_timeout_s``; a body at ``min_rate`` bytes/s or better).
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ import os
 import platform
 import socket
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,20 +45,32 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import __version__
-from .jobs import KINDS, JobQueue
-from .store import ModelStore, StoreError, is_model_id
-from .tasks import Task
+from .jobs import KINDS, JobQueue, QueueFull
+from .plan import PlanArchive, PlanLimits, PlanTooLarge
+from .store import ModelStore, StoreConflict, StoreError, is_model_id
+from .tasks import JobLimits, Task
 
 CHUNK = 1 << 16
 DEFAULT_MAX_UPLOAD_MB = 256
 MAX_MANIFEST_BYTES = 4 << 20
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections the agent serves at once and how long one request may take."""
+
+    max_connections: int = 32
+    header_timeout_s: float = 10.0  # request line and headers, and the wait for a kept-alive request
+    body_timeout_s: float = 30.0  # a body (or a response) gets this plus its size at min_rate
+    min_rate: int = 256 << 10  # bytes per second
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def is_loopback(host: str) -> bool:
@@ -73,14 +95,54 @@ def runtime_versions() -> dict[str, str]:
     return found
 
 
+class _Deadlines:
+    """Connections and the time by which each must be done; one thread shuts down those past it."""
+
+    def __init__(self):
+        self._due: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="agent-deadlines").start()
+
+    def set(self, sock: socket.socket, seconds: float) -> None:
+        with self._lock:
+            self._due[sock] = time.monotonic() + seconds
+
+    def drop(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._due.pop(sock, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._due)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                late = [s for s, due in self._due.items() if due < now]
+                for sock in late:
+                    del self._due[sock]
+            for sock in late:  # the handler's blocked read or write returns at once
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 class AgentServer(ThreadingHTTPServer):
-    """A threading HTTP server that holds the store, the job queue and the auth settings."""
+    """A threading HTTP server that holds the store, the job queue, the auth settings and the limits."""
 
     daemon_threads = True
 
     def __init__(self, host: str, port: int, store_dir: str | os.PathLike, token: str | None = None,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20, threads: int | None = None,
-                 kernels: str = "xnnpack"):
+                 kernels: str = "xnnpack", job_limits: JobLimits | None = None,
+                 plan_limits: PlanLimits | None = None, connections: ConnectionLimits | None = None,
+                 queue_cap: int = 16, parallel_jobs: int = 1):
         if not token and not is_loopback(host):
             raise ValueError(f"refusing to listen on {host!r} without a token: anyone on the network could "
                              "upload models and run jobs. Pass --token-file FILE (or --token T), or listen "
@@ -89,12 +151,21 @@ class AgentServer(ThreadingHTTPServer):
             raise ValueError("the token is empty; write a long random string to the token file")
         self.token = token.strip().encode() if token else None
         self.max_upload_bytes = int(max_upload_bytes)
+        self.plan_limits = plan_limits or PlanLimits()
+        self.limits = connections or ConnectionLimits()
         self.store = ModelStore(store_dir)
-        self.task = Task(self.store, threads=threads, kernels=kernels)
-        self.jobs = JobQueue(Path(store_dir) / "results", self.task.execute)
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        super().__init__((host, port), AgentHandler)
+        try:
+            self.task = Task(self.store, threads=threads, kernels=kernels, limits=job_limits,
+                             plan_limits=self.plan_limits)
+            self.jobs = JobQueue(Path(store_dir), self.task.execute, queue_cap=queue_cap,
+                                 parallel=parallel_jobs)
+            if ":" in host:
+                self.address_family = socket.AF_INET6
+            super().__init__((host, port), AgentHandler)
+        except BaseException:
+            self.store.close()
+            raise
+        self.deadlines = _Deadlines()
 
     def health(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -103,17 +174,54 @@ class AgentServer(ThreadingHTTPServer):
         return {"status": "ok", "agent": "faceprobe-agent", "version": __version__,
                 "runtime": runtime_versions(), "kernels": self.task.kernels, "threads": self.task.threads,
                 "machine": platform.machine(), "system": platform.system(),
-                "python": platform.python_version(), "models": self.store.ids(), "jobs": counts}
+                "python": platform.python_version(), "models": self.store.ids(), "jobs": counts,
+                "connections": len(self.deadlines)}
+
+    def process_request(self, request, client_address) -> None:
+        """Refuse a connection past the cap at once (503) instead of giving it a thread."""
+        if len(self.deadlines) >= self.limits.max_connections:
+            cap = self.limits.max_connections
+            body = json.dumps({"error": f"this agent serves at most {cap} connections at once; retry shortly",
+                               "status": 503}).encode() + b"\n"
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\n"
+                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        self.deadlines.set(request, self.limits.header_timeout_s)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        self.deadlines.drop(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.deadlines.close()
+        self.store.close()
 
 
 class AgentHandler(BaseHTTPRequestHandler):
     server: AgentServer
     server_version = f"faceprobe-agent/{__version__}"
-    timeout = 60  # seconds a client may stall mid-request before its thread gives up
+    timeout = 30  # seconds one read may stall; the request as a whole has its deadline (_Deadlines)
+
+    def handle_one_request(self) -> None:
+        self.server.deadlines.set(self.connection, self.server.limits.header_timeout_s)
+        super().handle_one_request()
+
+    def _extend_deadline(self, nbytes: int) -> None:
+        limits = self.server.limits
+        self.server.deadlines.set(self.connection, limits.body_timeout_s + nbytes / limits.min_rate)
 
     # --- responses -------------------------------------------------------------------------
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self._extend_deadline(len(body))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -126,18 +234,24 @@ class AgentHandler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any, headers: dict | None = None) -> None:
         self._send(status, (json.dumps(obj) + "\n").encode(), "application/json", headers)
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None,
+                   headers: dict | None = None) -> None:
         """JSON errors everywhere, including those http.server raises for malformed request lines."""
         self.close_connection = True
         # A request line too broken to name its version defaults to HTTP/0.9, which has no status line.
         if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
             self.request_version = "HTTP/1.0"
+        if code == 501:  # http.server's answer to a method it has no handler for: the client's mistake
+            code, message = 405, f"method {getattr(self, 'command', '')[:20]!r} is not allowed"
         try:
             msg = message or HTTPStatus(code).phrase
         except ValueError:
             msg = message or "error"
-        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        self._json(code, {"error": msg, "status": code}, headers)
+        headers = {**({"WWW-Authenticate": "Bearer"} if code == 401 else {}), **(headers or {})}
+        try:
+            self._json(code, {"error": msg, "status": code}, headers)
+        except OSError:  # the client is gone or was cut off at its deadline
+            pass
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature fixed by http.server
         if not getattr(self.server, "quiet", False):
@@ -157,6 +271,9 @@ class AgentHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
     def _dispatch(self, method: str) -> None:
         try:
             self._authorise()
@@ -165,7 +282,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             self._route(method, parts, query)
         except ApiError as exc:
-            self.send_error(exc.status, exc.message)
+            self.send_error(exc.status, exc.message, headers=exc.headers)
         except (ConnectionError, TimeoutError) as exc:
             # The client went away mid-request; nothing to answer, the store is untouched.
             self.close_connection = True
@@ -193,6 +310,8 @@ class AgentHandler(BaseHTTPRequestHandler):
             ("GET", "jobs"): self._get_jobs,
             ("POST", "jobs"): lambda: self._post_job(query),
         }
+        if method == "DELETE" and len(parts) == 2 and parts[0] in ("models", "jobs"):
+            return (self._delete_model if parts[0] == "models" else self._delete_job)(parts[1])
         if not parts:
             raise ApiError(404, "no such endpoint; try GET /health")
         head, rest = parts[0], parts[1:]
@@ -224,6 +343,7 @@ class AgentHandler(BaseHTTPRequestHandler):
         if length > self.server.max_upload_bytes:
             raise ApiError(413, f"request body of {length} bytes exceeds this agent's limit of "
                                 f"{self.server.max_upload_bytes} bytes (--max-upload-mb)")
+        self._extend_deadline(length)
         return length
 
     def _chunks(self, length: int) -> Iterator[bytes]:
@@ -234,6 +354,10 @@ class AgentHandler(BaseHTTPRequestHandler):
                 raise ConnectionError(f"request body cut off after {length - left} of {length} bytes")
             left -= len(data)
             yield data
+        # The client has sent everything: what follows (a model's check in its sandbox) is the agent's
+        # own time, bounded by the sandbox's limit, not the client's deadline.
+        self.server.deadlines.set(self.connection, self.server.limits.body_timeout_s
+                                  + self.server.task.limits.model_timeout_s)
 
     def _read(self, length: int) -> bytes:
         return b"".join(self._chunks(length))
@@ -260,10 +384,27 @@ class AgentHandler(BaseHTTPRequestHandler):
                                 "body = manifest JSON (N bytes) followed by the .tflite bytes")
         manifest = self._read(mlen)
         try:
-            model_id, added = self.server.store.add(manifest, self._chunks(length - mlen))
+            model_id, added = self.server.store.add(manifest, self._chunks(length - mlen),
+                                                    validate=self.server.task.validate_model)
+        except StoreConflict as exc:
+            raise ApiError(409, str(exc)) from None
         except StoreError as exc:
             raise ApiError(400, str(exc)) from None
         self._json(201 if added else 200, {"id": model_id, "added": added})
+
+    def _delete_model(self, model_id: str) -> None:
+        store = self.server.store
+        if not store.has(model_id):
+            raise ApiError(404, f"model {model_id!r} is not held by this agent")
+        active = self.server.jobs.active(model_id)
+        if active:
+            raise ApiError(409, f"model {model_id[:12]}… has {active} queued or running jobs; cancel them "
+                                "(DELETE /jobs/<id>) or wait until they finish")
+        try:
+            store.delete(model_id)
+        except KeyError:
+            raise ApiError(404, f"model {model_id!r} is not held by this agent") from None
+        self._json(200, {"id": model_id, "deleted": True})
 
     def _get_jobs(self) -> None:
         self._json(200, {"jobs": [j.to_json() for j in self.server.jobs.list()]})
@@ -274,20 +415,43 @@ class AgentHandler(BaseHTTPRequestHandler):
         except KeyError as exc:
             raise ApiError(404, exc.args[0]) from None
 
+    def _delete_job(self, job_id: str) -> None:
+        try:
+            job = self.server.jobs.cancel(job_id)
+        except KeyError as exc:
+            raise ApiError(404, exc.args[0]) from None
+        except ValueError as exc:
+            raise ApiError(409, str(exc)) from None
+        self._json(200, job.to_json())
+
     def _post_job(self, query: dict[str, str]) -> None:
         model_id, kind = query.get("model", ""), query.get("kind", "ascent")
         if not is_model_id(model_id):
             raise ApiError(400, "POST /jobs needs ?model=<sha256 of a held model>&kind=" + "|".join(KINDS))
         if kind not in KINDS:
-            raise ApiError(400, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+            raise ApiError(400, f"kind must be one of {', '.join(KINDS)}, got {kind[:40]!r}")
         if not self.server.store.has(model_id):
             raise ApiError(404, f"model {model_id} is not held by this agent; push it first (POST /models)")
-        plan = self._read(self._content_length())
+        length = self._content_length()
+        limit = self.server.plan_limits.max_decoded_bytes + (1 << 20)
+        if length > limit:
+            raise ApiError(413, f"a plan of {length} bytes exceeds this agent's plan limit of {limit} bytes")
+        # Small plans stay in memory, large ones go to a file: the body is never held twice.
+        with tempfile.SpooledTemporaryFile(1 << 20, dir=self.server.store.staging_dir) as body:
+            for chunk in self._chunks(length):
+                body.write(chunk)
+            body.seek(0)
+            try:
+                with PlanArchive(body, self.server.plan_limits) as archive:
+                    plan = self.server.task.check(model_id, kind, archive)
+            except PlanTooLarge as exc:
+                raise ApiError(413, f"plan over this agent's limits: {exc}") from None
+            except (ValueError, KeyError) as exc:
+                raise ApiError(400, f"invalid plan: {exc}") from None
         try:
-            self.server.task.check(model_id, kind, plan)
-        except ValueError as exc:
-            raise ApiError(400, f"invalid plan: {exc}") from None
-        job = self.server.jobs.submit(model_id, kind, plan)
+            job = self.server.jobs.submit(model_id, kind, plan.to_bytes(compress=False))
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
         self._json(202, job.to_json())
 
     def _get_result(self, job_id: str) -> None:
@@ -295,14 +459,22 @@ class AgentHandler(BaseHTTPRequestHandler):
         if job.status != "done":
             raise ApiError(409, f"job {job_id} is {job.status}" + (f": {job.error}" if job.error else
                                                                    "; poll GET /jobs/<id> until done"))
-        self._send(200, job.result_path.read_bytes(), "application/octet-stream")
+        try:
+            data = self.server.jobs.result_path(job_id).read_bytes()
+        except FileNotFoundError:
+            raise ApiError(404, f"the result of job {job_id} is gone (only the newest are kept)") from None
+        self._send(200, data, "application/octet-stream")
 
 
 def serve(host: str, port: int, store_dir: str | os.PathLike, token: str | None = None,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, threads: int | None = None,
-          kernels: str = "xnnpack") -> None:
+          kernels: str = "xnnpack", job_timeout_s: float | None = None, queue_cap: int = 16,
+          max_connections: int | None = None) -> None:
     """Run the agent until interrupted."""
-    server = AgentServer(host, port, store_dir, token, int(max_upload_mb * (1 << 20)), threads, kernels)
+    job_limits = JobLimits(job_timeout_s=job_timeout_s) if job_timeout_s else None
+    connections = ConnectionLimits(max_connections=max_connections) if max_connections else None
+    server = AgentServer(host, port, store_dir, token, int(max_upload_mb * (1 << 20)), threads, kernels,
+                         job_limits=job_limits, connections=connections, queue_cap=queue_cap)
     bound = server.server_address
     print(f"faceprobe-agent {__version__} listening on http://{bound[0]}:{bound[1]} "
           f"(store {store_dir}, {'token auth' if token else 'no auth, loopback only'})", flush=True)

@@ -109,19 +109,24 @@ def _prepare_targets(runtime, plan: ProbePlan) -> tuple[list[_Target], dict[str,
 
 
 class _Batcher:
-    """Evaluates perturbed images in equal-size interpreter batches of at most ``max_batch``."""
+    """Evaluates perturbed images in equal-size interpreter batches of at most ``max_batch``.
 
-    def __init__(self, runtime, keys: list[str], max_batch: int):
-        self.runtime, self.keys, self.max_batch = runtime, keys, max_batch
+    Only each target's objective is kept per row, never the tap maps: a step has up to
+    (images x targets x (2k + 1)) rows, and their maps would need far more memory than the model.
+    """
+
+    def __init__(self, runtime, targets: list[_Target], max_batch: int):
+        self.runtime, self.targets, self.max_batch = runtime, targets, max_batch
         self.invocations = 0
         self.seconds = 0.0  # inside the interpreter: the floor an ascent step cannot go below
 
     def run(self, images: np.ndarray, directions: list[np.ndarray], rows: list[tuple[int, int, int, float]]
-            ) -> dict[str, np.ndarray]:
-        """rows: (image, basis group, direction, scale); direction -1 means the unperturbed image."""
+            ) -> np.ndarray:
+        """rows: (image, basis group, direction, scale), direction -1 meaning the unperturbed image;
+        returns the objective of every target on every row, (rows, targets)."""
         n_chunks = -(-len(rows) // self.max_batch)
         size = -(-len(rows) // n_chunks)
-        outputs: dict[str, list[np.ndarray]] = {k: [] for k in self.keys}
+        objectives = np.zeros((len(rows), len(self.targets)))
         for c in range(n_chunks):
             chunk = rows[c * size:(c + 1) * size]
             batch = np.empty((size, *images.shape[1:]), np.float32)
@@ -132,9 +137,10 @@ class _Batcher:
             out = self.runtime.run(batch)
             self.seconds += time.perf_counter() - started
             self.invocations += 1
-            for k in self.keys:
-                outputs[k].append(np.asarray(out[k])[:len(chunk)])
-        return {k: np.concatenate(v) for k, v in outputs.items()}
+            at = slice(c * size, c * size + len(chunk))
+            for j, t in enumerate(self.targets):
+                objectives[at, j] = _objective(np.asarray(out[t.key])[:len(chunk)], t)
+        return objectives
 
 
 def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> ProbeResult:
@@ -149,7 +155,7 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
     central = fd["scheme"] == "central"
     peak = float(fd["epsilon_steps"]) * input_step(runtime)
     rng = np.random.default_rng(int(fd["seed"]))
-    batcher = _Batcher(runtime, list(dict.fromkeys(t.key for t in targets)), max_batch)
+    batcher = _Batcher(runtime, targets, max_batch)
     basis_ids = list(bases)
     k = bases[basis_ids[0]].shape[0]  # resolving a spec only moves a window, never changes k
     per_image = 1 + (2 * k if central else k)
@@ -196,9 +202,9 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
         out = batcher.run(np.stack(group_images), directions, rows)
 
         for i in range(n):
-            for j, t in enumerate(targets):
+            for j in range(t_count):
                 gi = group_of[i, j]
-                f = _objective(out[t.key][gi * rows_each:(gi + 1) * rows_each], t)
+                f = out[gi * rows_each:(gi + 1) * rows_each, j]
                 objective[i, j, step] = f[0]
                 ranges[i, j, step] = (x[i, j].min(), x[i, j].max())
                 if last:

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--token", help=f"bearer token (visible in `ps`: prefer --token-file or ${TOKEN_ENV})")
     tok.add_argument("--token-file", help="file holding the bearer token")
     serve.add_argument("--max-upload-mb", type=positive_float, default=256.0, help="request body limit")
+    serve.add_argument("--job-timeout", type=positive_float, default=1800.0,
+                       help="seconds a job may run before it is stopped")
+    serve.add_argument("--queue-cap", type=positive_int, default=16,
+                       help="jobs that may wait per model; more are answered 429")
+    serve.add_argument("--max-connections", type=positive_int, default=32,
+                       help="connections served at once; more are answered 503")
     _runtime_args(serve)
 
     run = sub.add_parser("run", help="run a probe plan on a model here, without a server",
@@ -96,7 +102,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .agent import serve
 
-        serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads, args.kernels)
+        serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads, args.kernels,
+              args.job_timeout, args.queue_cap, args.max_connections)
         console.raise_if_interrupted()  # the server stops on Ctrl-C: say so, exit 130
         return 0
     return _run(args)

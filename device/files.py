@@ -61,8 +61,8 @@ def read_json(path: str | os.PathLike, what: str = "file"):
         raise ValueError(f"{path} is not a valid JSON {what} ({exc}); write it again") from None
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A compressed .npz of ``arrays``, as bytes."""
+def npz_bytes(arrays: dict[str, np.ndarray], compress: bool = True) -> bytes:
+    """An .npz of ``arrays`` (compressed unless told otherwise), as bytes."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     return buf.getvalue()

@@ -90,19 +90,31 @@ def validate_manifest(manifest: dict, source: str = "manifest") -> dict:
         raise ManifestError(f"{source} has schema {schema!r}, this runtime reads {MANIFEST_SCHEMA!r}; "
                             "export the model again with a matching faceprobe")
     _require(manifest, _REQUIRED, source)
+    for key in ("model", "variant", "role", "sha256", "signature"):
+        _typed(manifest[key], str, f"{source}: {key}", "a string")
     if manifest["role"] not in ROLES:
         raise ManifestError(f"{source}: role {manifest['role']!r} is not one of {ROLES}")
     _require(manifest["input"], _INPUT_REQUIRED, f"{source} input")
+    _check_tensor(manifest["input"], f"{source} input")
+    if manifest["input"]["quantization_step"] is not None:
+        _typed(manifest["input"]["quantization_step"], dict, f"{source} input.quantization_step",
+               "{scale: number, zero_point: number} or null", _is_quantization)
+    _typed(manifest["input"]["normalization"], dict, f"{source} input.normalization", "an object")
+    _typed(manifest["outputs"], list, f"{source}: outputs", "a list")
     if not manifest["outputs"]:
         raise ManifestError(f"{source} lists no outputs")
     keys = set()
     for out in manifest["outputs"]:
         _require(out, _OUTPUT_REQUIRED, f"{source} output")
+        _check_tensor(out, f"{source} output")
         if out["kind"] not in OUTPUT_KINDS:
             raise ManifestError(f"{source}: output {out['key']!r} has kind {out['kind']!r}, "
                                 f"expected one of {OUTPUT_KINDS}")
         if out["kind"] == "tap":
             _require(out, _TAP_REQUIRED, f"{source} tap output {out['key']!r}")
+            _typed(out["tap"], str, f"{source}: output {out['key']!r} tap", "a string")
+            _typed(out["channels"], int, f"{source}: output {out['key']!r} channels", "a positive integer",
+                   lambda v: 0 < v <= MAX_DIM)
         if out["key"] in keys:
             raise ManifestError(f"{source}: output key {out['key']!r} appears twice")
         keys.add(out["key"])
@@ -125,6 +137,44 @@ def load_manifest(path: str | os.PathLike) -> dict:
 def tap_entries(manifest: dict) -> dict[str, dict]:
     """Tap name -> output entry, in the manifest's (depth) order."""
     return {o["tap"]: o for o in manifest["outputs"] if o["kind"] == "tap"}
+
+
+MAX_DIM = 1 << 20  # no tensor dimension of a face model comes near this
+_DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32")
+
+
+def _typed(value, kind: type, where: str, want: str, ok=lambda v: True) -> None:
+    right = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not (right and ok(value)):
+        raise ManifestError(f"{where} must be {want}, got {repr(value)[:80]}")
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and value == value and abs(value) != float("inf"))
+
+
+def _is_quantization(value: dict) -> bool:
+    return _is_number(value.get("scale")) and value["scale"] > 0 and _is_number(value.get("zero_point"))
+
+
+def _check_tensor(entry: dict, where: str) -> None:
+    """Types of the fields every tensor entry (input or output) shares."""
+    _typed(entry["key"], str, f"{where} key", "a string")
+    where = f"{where} {entry['key']!r}"
+    _typed(entry["dtype"], str, f"{where} dtype", f"one of {_DTYPES}", lambda v: v in _DTYPES)
+    _typed(entry["shape"], list, f"{where} shape", "a list of positive integers (null first)",
+           lambda v: 1 <= len(v) <= 8 and all(
+               (d is None and i == 0) or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM)
+               for i, d in enumerate(v)))
+    for key in ("scale", "zero_point"):
+        if entry[key] is not None and not _is_number(entry[key]):
+            raise ManifestError(f"{where} {key} must be a finite number or null, "
+                                f"got {repr(entry[key])[:80]}")
+    quant = entry.get("int8")
+    if quant is not None:
+        _typed(quant, dict, f"{where} int8", "{scale: number, zero_point: number} or null",
+               _is_quantization)
 
 
 def _require(obj: dict, fields: tuple[str, ...], where: str) -> None:

@@ -7,6 +7,7 @@ and reported by ``info()``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import platform
@@ -50,6 +51,7 @@ def load_backend() -> tuple[str, str, ModuleType]:
                       "`pip install 'faceprobe[device]'` (or '[device-legacy]' for tflite-runtime)")
 
 
+@functools.cache
 def _version(dist: str) -> str:
     from importlib import metadata
 

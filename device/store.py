@@ -2,17 +2,21 @@
 
 Layout under the store root::
 
+    lock                             held (fcntl) by the one agent serving this store
     models/<sha256>/model.tflite     the uploaded flatbuffer, named by its sha256
     models/<sha256>/manifest.json    its manifest
-    staging/<random>/                uploads in progress (wiped at start-up)
+    models/<sha256>/needs.json       what loading it and one invocation cost, measured at upload
+    staging/<random>/                uploads in progress and deletions (wiped at start-up)
 
-An upload is streamed into its own staging folder, validated, fsynced and then renamed into
-``models/`` in one ``os.rename``: a crash or ``kill -9`` at any point leaves either no entry or a
-complete one, never a torn file under ``models/``.
+An upload is streamed into its own staging folder, validated (by the caller's ``validate``: the
+agent loads and runs the model in a sandbox), fsynced and then renamed into ``models/`` in one
+``os.rename``: a crash or ``kill -9`` at any point leaves either no entry or a complete one, never a
+torn file under ``models/``. A model is deleted by renaming its folder into staging first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,18 +24,29 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .manifest import check_tflite_bytes, validate_manifest
+from .plan import loads_json
 
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
+NEEDS_FILE = "needs.json"
+LOCK_FILE = "lock"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class StoreError(ValueError):
     """An upload or lookup the store refuses; the message says what is wrong."""
+
+
+class StoreConflict(StoreError):
+    """The model is held already with another manifest."""
+
+
+class StoreLocked(OSError):
+    """Another agent serves this store."""
 
 
 def is_model_id(text: str) -> bool:
@@ -42,10 +57,7 @@ def check_upload(head: bytes, manifest_bytes: bytes, sha256: str) -> None:
     """Refuse an upload unless it is a TFLite flatbuffer with a current-schema manifest naming its sha256."""
     try:
         check_tflite_bytes(head, "the uploaded model")
-        try:
-            manifest = json.loads(manifest_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"the manifest is not valid JSON ({exc})") from exc
+        manifest = loads_json(manifest_bytes, "the manifest")
         validate_manifest(manifest, "the uploaded manifest")
     except ValueError as exc:
         raise StoreError(str(exc)) from exc
@@ -62,18 +74,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class ModelStore:
-    """Models held by this agent, keyed by the sha256 of their ``.tflite``."""
+    """Models held by this agent, keyed by the sha256 of their ``.tflite``; one agent per store."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.staging_dir = self.root / "staging"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise StoreLocked(f"another faceprobe-agent is serving the store {self.root}; stop it first, or "
+                              "give this one its own --store") from None
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        # Anything left in staging is an upload that never finished.
+        # Anything left in staging is an upload that never finished or a deletion cut short.
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the store for another agent."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def ids(self) -> list[str]:
         return sorted(p.name for p in self.models_dir.iterdir()
@@ -92,19 +125,30 @@ class ModelStore:
     def manifest(self, model_id: str) -> dict:
         return json.loads(self.paths(model_id)[1].read_text())
 
+    def needs(self, model_id: str) -> dict:
+        """What the model's check at upload measured (memory_bytes, per_image_bytes, seconds)."""
+        path = self.paths(model_id)[0].with_name(NEEDS_FILE)
+        return json.loads(path.read_text()) if path.is_file() else {"memory_bytes": 0, "per_image_bytes": 0}
+
     def describe(self) -> list[dict]:
         out = []
         for mid in self.ids():
-            m = self.manifest(mid)
-            out.append({"id": mid, "model": m.get("model"), "variant": m.get("variant"),
-                        "bytes": self.paths(mid)[0].stat().st_size})
+            try:
+                m = self.manifest(mid)
+                size = self.paths(mid)[0].stat().st_size
+            except (KeyError, OSError):  # deleted meanwhile
+                continue
+            out.append({"id": mid, "model": m.get("model"), "variant": m.get("variant"), "bytes": size})
         return out
 
-    def add(self, manifest_bytes: bytes, chunks: Iterable[bytes]) -> tuple[str, bool]:
+    def add(self, manifest_bytes: bytes, chunks: Iterable[bytes],
+            validate: Callable[[Path, Path], dict] | None = None) -> tuple[str, bool]:
         """Store a model streamed as ``chunks``; returns (model id, newly added).
 
-        Raises StoreError when the upload is invalid; an exception from ``chunks`` (a cut-off
-        connection) propagates after the staging folder is removed.
+        ``validate(tflite, manifest)`` runs on the staged files and returns what the model needs (kept
+        as needs.json); a ValueError from it refuses the upload. Raises StoreError when the upload is
+        invalid, StoreConflict when the model is held with another manifest; an exception from
+        ``chunks`` (a cut-off connection) propagates after the staging folder is removed.
         """
         stage = Path(tempfile.mkdtemp(prefix="upload-", dir=self.staging_dir))
         try:
@@ -120,16 +164,38 @@ class ModelStore:
                 os.fsync(fh.fileno())
             sha = digest.hexdigest()
             check_upload(head, manifest_bytes, sha)
-            with open(stage / MANIFEST_FILE, "wb") as fh:
-                fh.write(manifest_bytes)
-                fh.flush()
-                os.fsync(fh.fileno())
+            if self.has(sha):
+                return sha, self._same_manifest(sha, manifest_bytes)
+            _write_synced(stage / MANIFEST_FILE, manifest_bytes)
+            if validate is not None:
+                try:
+                    needs = validate(stage / MODEL_FILE, stage / MANIFEST_FILE)
+                except ValueError as exc:
+                    raise StoreError(str(exc)) from None
+                _write_synced(stage / NEEDS_FILE, json.dumps(needs).encode())
             _fsync_dir(stage)
             with self._lock:
                 if self.has(sha):
-                    return sha, False
+                    return sha, self._same_manifest(sha, manifest_bytes)
                 os.rename(stage, self.models_dir / sha)
                 _fsync_dir(self.models_dir)
             return sha, True
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+    def _same_manifest(self, sha: str, manifest_bytes: bytes) -> bool:
+        """False (not added) when the held manifest is this one; StoreConflict when it is another."""
+        if json.loads(manifest_bytes) != self.manifest(sha):
+            raise StoreConflict(f"model {sha[:12]}… is held already with another manifest; a model keeps the "
+                                f"manifest it was uploaded with: DELETE /models/{sha} first to replace it")
+        return False
+
+    def delete(self, model_id: str) -> None:
+        """Remove a held model (KeyError when it is not held); a crash midway leaves it whole or gone."""
+        with self._lock:
+            self.paths(model_id)
+            gone = Path(tempfile.mkdtemp(prefix="delete-", dir=self.staging_dir))
+            os.rename(self.models_dir / model_id, gone / model_id)
+            _fsync_dir(self.models_dir)
+        shutil.rmtree(gone, ignore_errors=True)
+

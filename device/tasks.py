@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import sandbox
 from .activations import tap_activations
 from .ascent import DEFAULT_MAX_BATCH, check_board_plan
 from .ascent import run_plan as run_ascent
 from .files import npz_bytes, write_atomic
+from .flatbuffer import check_structure
 from .manifest import tap_entries
-from .plan import ProbePlan, ProbeResult
+from .plan import PlanArchive, PlanLimits, PlanTooLarge, ProbePlan, ProbeResult, subspace_dims
 from .runtime import Runtime
+from .sandbox import vm_bytes
 from .store import ModelStore
 
 _SUMMARY = "summary_json"
@@ -53,8 +60,10 @@ def run(runtime: Runtime, plan: ProbePlan, kind: str, max_batch: int = DEFAULT_M
         return run_ascent(runtime, plan, max_batch=max_batch)
     meta = {"kind": kind, "runtime": runtime.info(), "plan": plan.to_json()}
     if kind == "embeddings":
-        return {"values": {}, "embedding": runtime.run(plan.images)["embedding"], "stats": {}, "meta": meta}
-    acts = tap_activations(runtime, plan.images, taps=plan.taps)
+        embedding = np.concatenate([runtime.run(plan.images[i:i + max_batch])["embedding"]
+                                    for i in range(0, len(plan.images), max_batch)])
+        return {"values": {}, "embedding": embedding, "stats": {}, "meta": meta}
+    acts = tap_activations(runtime, plan.images, taps=plan.taps, batch_size=max_batch)
     return {"values": acts.values, "embedding": acts.embedding, "stats": acts.stats, "meta": meta}
 
 
@@ -104,21 +113,118 @@ def save(result: ProbeResult | dict[str, Any], out_dir: str | os.PathLike) -> Pa
     return out
 
 
+@dataclass(frozen=True)
+class JobLimits:
+    """Memory and time allowed to a model's check at upload and to each job (see ``device.sandbox``)."""
+
+    model_memory_bytes: int = 1 << 30  # what loading and one invocation may add
+    model_timeout_s: float = 60.0
+    job_memory_bytes: int = 256 << 20  # what a job may add to the model's own need
+    job_timeout_s: float = 1800.0
+
+
+def _limits_share(limits: JobLimits) -> tuple[int, int]:
+    """(bytes for interpreter batches, bytes for the plan's own arrays) within a job's allowance."""
+    return limits.job_memory_bytes // 4, limits.job_memory_bytes // 2
+
+
+def measure_model(tflite: str, manifest_path: str, threads: int | None, kernels: str) -> dict:
+    """Load a model, run it once at batch 1 and once at batch 2, and say what that cost (in a sandbox child).
+
+    memory_bytes: address space the interpreter holds after a batch of 1; per_image_bytes: what one more
+    image in a batch adds (at least its outputs). Sizes, not peaks: a forked child inherits the fork
+    server's peak, so a peak would hide what the model added.
+    """
+    start, base = time.perf_counter(), vm_bytes()
+    runtime = Runtime(tflite, manifest_path, threads=threads, kernels=kernels)
+    runtime.run(np.zeros((1, *runtime.input_shape), np.float32))
+    size1 = vm_bytes()
+    out = runtime.run(np.zeros((2, *runtime.input_shape), np.float32))
+    size2 = vm_bytes()
+    outputs = sum(v[0].nbytes for v in out.values()) + 4 * int(np.prod(runtime.input_shape))
+    if base is None or size1 is None or size2 is None:
+        memory, per_image = 0, 4 * outputs
+    else:
+        memory, per_image = size1 - base, max(size2 - size1, 4 * outputs)
+    return {"memory_bytes": int(memory), "per_image_bytes": int(per_image),
+            "seconds": round(time.perf_counter() - start, 4)}
+
+
+def job_batch(needs: dict, limits: JobLimits) -> int:
+    """The largest interpreter batch whose growth fits the batch share of a job's allowance."""
+    return int(max(1, min(DEFAULT_MAX_BATCH, _limits_share(limits)[0] // max(1, needs["per_image_bytes"]))))
+
+
+def plan_memory(kind: str, manifest: dict, plan: dict, image_count: int, image_shape: tuple[int, ...],
+                batch: int) -> int:
+    """Bytes a job's own arrays reach at most (outside the interpreter), from the plan's headers alone."""
+    pixels = int(np.prod(image_shape))
+    if kind == "embeddings":  # the images, one batch and its quantised copy; embeddings are small beside them
+        return 4 * (image_count + 2 * batch) * pixels
+    if kind == "activations":
+        taps = tap_entries(manifest)
+        names = {str(t.get("tap")) for t in plan["targets"]} & set(taps)
+        elems = sum(int(np.prod([d or 1 for d in taps[n]["shape"]])) for n in names)
+        return 4 * (4 * image_count * elems + 2 * batch * pixels)
+    pairs = image_count * len(plan["targets"])
+    k = subspace_dims(plan.get("subspace", {"kind": "full"}), image_shape)
+    unit = (plan.get("subspace", {}).get("kind") == "window"
+            and plan.get("objective", {}).get("kind") == "unit")
+    bases = len({str(t.get("tap")) for t in plan["targets"]}) if unit else 1
+    steps = int(plan.get("steps", 20))
+    # Current and final images with the step's group stack; bases with a step's float64 rotation and
+    # float32 directions; the padded batch and its quantised copy; per-step records.
+    return 4 * pixels * (4 * pairs + 4 * bases * k + 2 * batch) + 8 * pairs * (steps + 1) * (k + 4)
+
+
+def run_job(tflite: str, manifest_path: str, plan_path: str, kind: str, result_path: str,
+            threads: int | None, kernels: str, max_batch: int) -> None:
+    """A job, start to finish, in a sandbox child: the result goes straight to ``result_path``."""
+    runtime = Runtime(tflite, manifest_path, threads=threads, kernels=kernels)
+    result = run(runtime, ProbePlan.from_bytes(plan_path), kind, max_batch)
+    write_atomic(result_path, encode(result))
+
+
 class Task:
-    """Runs jobs against models in a store, one Runtime per model (kept by the model's worker)."""
+    """Checks plans against held models and runs jobs on them, each in a sandbox child."""
 
     def __init__(self, store: ModelStore, threads: int | None = None, kernels: str = "xnnpack",
-                 max_batch: int = DEFAULT_MAX_BATCH):
-        self.store, self.threads, self.kernels, self.max_batch = store, threads, kernels, max_batch
+                 limits: JobLimits | None = None, plan_limits: PlanLimits | None = None):
+        self.store, self.threads, self.kernels = store, threads, kernels
+        self.limits, self.plan_limits = limits or JobLimits(), plan_limits or PlanLimits()
 
-    def check(self, model_id: str, kind: str, plan_bytes: bytes) -> ProbePlan:
-        plan = ProbePlan.from_bytes(plan_bytes)
-        check_plan(plan, kind, self.store.manifest(model_id))
+    def validate_model(self, tflite: Path, manifest: Path) -> dict:
+        """Check an uploaded model's structure here, then load and run it once in a sandbox; returns its
+        measured needs, or raises ValueError saying why it is refused."""
+        with open(tflite, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            check_structure(data, self.limits.model_memory_bytes)
+        try:
+            return sandbox.run(measure_model, (str(tflite), str(manifest), self.threads, self.kernels),
+                               self.limits.model_memory_bytes, self.limits.model_timeout_s)
+        except sandbox.SandboxError as exc:
+            raise ValueError(f"the model does not run here: {exc.message}") from None
+
+    def check(self, model_id: str, kind: str, archive: PlanArchive) -> ProbePlan:
+        """Bound a plan by its headers (PlanTooLarge), then decode it once and check it fits the model."""
+        manifest, needs = self.store.manifest(model_id), self.store.needs(model_id)
+        batch = job_batch(needs, self.limits)
+        need = plan_memory(kind, manifest, archive.json, archive.image_count, archive.image_shape, batch)
+        share = _limits_share(self.limits)[1]
+        if need > share:
+            raise PlanTooLarge(f"the plan needs about {need >> 20} MiB on top of the model; this agent "
+                               f"allows {share >> 20} MiB per job: use fewer images, targets or subspace "
+                               "dimensions")
+        plan = archive.plan()
+        check_plan(plan, kind, manifest)
         return plan
 
-    def execute(self, model_id: str, kind: str, plan_bytes: bytes, cache: dict) -> bytes:
-        if "runtime" not in cache:
-            tflite, manifest = self.store.paths(model_id)
-            cache["runtime"] = Runtime(tflite, manifest, threads=self.threads, kernels=self.kernels)
-        plan = ProbePlan.from_bytes(plan_bytes)
-        return encode(run(cache["runtime"], plan, kind, self.max_batch))
+    def execute(self, model_id: str, kind: str, plan_path: Path, result_path: Path,
+                cancel: threading.Event | None = None) -> None:
+        """Run a checked plan (saved at ``plan_path``) in a sandbox; SandboxError when it fails."""
+        tflite, manifest = self.store.paths(model_id)
+        needs = self.store.needs(model_id)
+        args = (str(tflite), str(manifest), str(plan_path), kind, str(result_path), self.threads,
+                self.kernels, job_batch(needs, self.limits))
+        sandbox.run(run_job, args, needs["memory_bytes"] + self.limits.job_memory_bytes,
+                    self.limits.job_timeout_s, cancel)
+

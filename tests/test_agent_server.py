@@ -1,7 +1,7 @@
 """The board agent over real loopback HTTP: auth, validation, limits, malformed requests, cut-off uploads.
 
-Uploads here are synthetic flatbuffers (the TFLite identifier plus random bytes) with schema-valid
-manifests: the store validates files, it does not run them. Jobs on real models: test_agent_jobs.py.
+Uploads here are a real tiny model (tests/data) with random trailing bytes, so each is a distinct model
+the sandbox can load. Jobs on exported models: test_agent_jobs.py; hostile input: test_agent_hardening.py.
 """
 
 from __future__ import annotations
@@ -25,32 +25,26 @@ import numpy as np
 import pytest
 
 from device.agent import AgentServer, is_loopback
-from device.manifest import MANIFEST_SCHEMA
+from device.ascent import run_plan
 from device.plan import ProbePlan
+from device.runtime import Runtime
 from toolkit.remote import AgentClient, AgentError
 
 TOKEN = "s3cret-token-for-tests"
 DCT2 = {"kind": "dct", "size": 2}
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny16.float32.probe.tflite"
+TINY_MANIFEST = TINY.with_name("tiny16.float32.probe.manifest.json")
 
 
 def fake_model(directory: Path, seed: int, size: int = 4096) -> tuple[Path, Path]:
-    """A .tflite-looking file (TFL3 identifier, random body) and a manifest that names its sha256."""
-    body = b"\x1c\x00\x00\x00TFL3" + np.random.default_rng(seed).bytes(size)
+    """A real tiny model (16 px, exported by ``export_tiny``) made distinct by ``size`` trailing random bytes
+    (the flatbuffer ignores them), and a copy of its manifest that names the new sha256."""
+    body = TINY.read_bytes() + np.random.default_rng(seed).bytes(size)
     tflite = directory / f"m{seed}.tflite"
     tflite.write_bytes(body)
-    manifest = {
-        "schema": MANIFEST_SCHEMA, "model": f"fake{seed}", "variant": "float32", "role": "probe",
-        "sha256": hashlib.sha256(body).hexdigest(), "signature": "serving_default",
-        "input": {"key": "image", "shape": [1, 16, 16, 3], "dtype": "float32", "scale": None,
-                  "zero_point": None, "quantization_step": None,
-                  "normalization": {"mean": 127.5, "scale": 128.0, "channel_order": "RGB"}},
-        "outputs": [{"key": "stem__conv", "kind": "tap", "tap": "stem/conv", "stage": "first", "channels": 4,
-                     "stride": 2, "receptive_field": 3, "shape": [1, 8, 8, 4], "dtype": "float32",
-                     "scale": None, "zero_point": None, "int8": None},
-                    {"key": "embedding", "kind": "embedding", "shape": [1, 8], "dtype": "float32",
-                     "scale": None, "zero_point": None, "int8": None}],
-    }
+    manifest = {**json.loads(TINY_MANIFEST.read_text()), "model": f"fake{seed}",
+                "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "file": tflite.name}
     mpath = directory / f"m{seed}.manifest.json"
     mpath.write_text(json.dumps(manifest))
     return tflite, mpath
@@ -110,7 +104,7 @@ def test_tokens_are_required_and_checked(agent):
     assert "bearer" in json.loads(err.value.read())["error"]
     health = AgentClient(url, TOKEN).health()
     assert health["status"] == "ok" and health["models"] == [] and health["machine"]
-    assert "ai-edge-litert" in health["runtime"]
+    assert set(health["runtime"]) & {"ai-edge-litert", "tflite-runtime"}  # the interpreter it runs
 
 
 def test_push_validates_stores_by_sha_and_skips_known_models(agent, tmp_path):
@@ -205,16 +199,15 @@ def test_bad_plans_are_refused_and_failed_jobs_report_why(agent, tmp_path):
     full = ProbePlan(targets=[{"tap": "stem/conv", "channel": 1}], images=images)
     with pytest.raises(AgentError, match="finite differences cannot estimate the full input gradient"):
         client.submit(model_id, full)
-    # A plan that fits the manifest, on a file no interpreter can load: the job fails, the worker lives on.
-    plan = ProbePlan(targets=[{"tap": "stem/conv", "channel": 1}], images=images, subspace=DCT2)
+    # A plan that fits: two jobs queue on the model, run in sandbox children and match a local run.
+    plan = ProbePlan(targets=[{"tap": "stem/conv", "channel": 1}], images=images, subspace=DCT2, steps=2)
     jobs = [client.submit(model_id, plan) for _ in range(2)]
+    local = run_plan(Runtime(TINY, TINY_MANIFEST), plan)
     for job_id in jobs:
-        with pytest.raises(AgentError, match="failed: ModelFileError"):
-            client.wait(job_id, timeout=60)
-        with pytest.raises(AgentError) as err:
-            client.result(job_id)
-        assert err.value.status == 409
-    assert [j["status"] for j in client._json("GET", "/jobs")["jobs"]] == ["failed", "failed"]
+        client.wait(job_id, timeout=60)
+        result = client.result(job_id)
+        np.testing.assert_array_equal(result.gradients, local.gradients)
+    assert [j["status"] for j in client._json("GET", "/jobs")["jobs"]] == ["done", "done"]
 
 
 def test_concurrent_clients(agent, tmp_path):
@@ -306,34 +299,43 @@ def test_kill_9_mid_upload_leaves_no_partial_model(tmp_path):
         proc.stdout.close()
 
 
-def test_job_queue_runs_in_order_and_forgets_the_oldest_results(tmp_path):
+def test_job_queue_runs_in_order_keeps_records_over_a_restart_and_forgets_the_oldest(tmp_path):
     from device.jobs import JobQueue
 
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "stale.npz").write_bytes(b"from a previous run")
     order = []
 
-    def execute(model_id: str, kind: str, plan: bytes, cache: dict) -> bytes:
-        cache["calls"] = cache.get("calls", 0) + 1
+    def execute(model_id: str, kind: str, plan_path: Path, result_path: Path, cancel) -> None:
+        plan = plan_path.read_bytes()
         order.append(plan)
         if plan == b"bad":
-            raise ValueError("plan says no")
-        return plan[::-1] + str(cache["calls"]).encode()
+            raise ValueError("plan says no, see /home/someone/secret/file.py")
+        result_path.write_bytes(plan[::-1])
 
-    jobs = JobQueue(tmp_path / "results", execute, keep=2)
-    assert list((tmp_path / "results").iterdir()) == []
+    jobs = JobQueue(tmp_path, execute, keep=3)
+    assert list((tmp_path / "results").iterdir()) == []  # results no record names are removed
     submitted = [jobs.submit("m" * 64, "ascent", p) for p in (b"abc", b"bad", b"xyz")]
     deadline = time.monotonic() + 10
     while any(j.finished is None for j in submitted) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert order == [b"abc", b"bad", b"xyz"]
     assert [j.status for j in submitted] == ["done", "failed", "done"]
-    assert submitted[1].error == "ValueError: plan says no"
-    assert submitted[2].result_path.read_bytes() == b"zyx3"  # the worker's cache outlives a failed job
-    first_result = submitted[0].result_path
-    jobs.submit("m" * 64, "ascent", b"new")
+    assert submitted[1].error == "ValueError: plan says no, see file.py"  # no folders in job records
+    assert jobs.result_path(submitted[2].id).read_bytes() == b"zyx"
+    assert not list((tmp_path / "jobs").glob("*.plan.npz"))  # plans go once their job has run
+    deadline = time.monotonic() + 10  # the queue's thread ends with its last job
+    while any(t.name.startswith("jobs-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name.startswith("jobs-") for t in threading.enumerate())
+
+    again = JobQueue(tmp_path, execute, keep=3)  # a restart: finished records and results are served
+    assert [again.get(j.id).status for j in submitted] == ["done", "failed", "done"]
+    assert again.result_path(submitted[0].id).read_bytes() == b"cba"
+    again.keep = 2
+    again.submit("m" * 64, "ascent", b"new")
     with pytest.raises(KeyError, match="no job"):
-        jobs.get(submitted[0].id)
-    assert not first_result.exists() and jobs.get(submitted[2].id).status == "done"
+        again.get(submitted[0].id)
+    assert not again.result_path(submitted[0].id).exists() and again.get(submitted[2].id).status == "done"
     with pytest.raises(ValueError, match="kind must be one of"):
-        jobs.submit("m" * 64, "train", b"")
+        again.submit("m" * 64, "train", b"")

@@ -123,8 +123,8 @@ class AgentClient:
             job = self.status(job_id)
             if job["status"] == "done":
                 return job
-            if job["status"] == "failed":
-                raise AgentError(self.url, f"job {job_id} failed: {job['error']}")
+            if job["status"] in ("failed", "cancelled"):
+                raise AgentError(self.url, f"job {job_id} {job['status']}: {job['error']}")
             if time.monotonic() > deadline:
                 raise AgentError(self.url, f"job {job_id} still {job['status']} after {timeout:.0f} s")
             time.sleep(poll)

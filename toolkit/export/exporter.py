@@ -21,7 +21,7 @@ from ..modelfile import load_face_model
 from ..zoo import get_tap, list_taps, tap_key, tap_model
 from .calibration import calibration_sample
 from .convert import check_recipes, convert, export_saved_model, keep_float_denylist
-from .graph import describe_io, float_tensor_names
+from .graph import describe_io, float_tensor_names, xnnpack_int8_taps
 from .provenance import source_entry
 from .recipe import Recipe
 from .verify import ExportVerificationError, verify_variant
@@ -129,6 +129,9 @@ def export_keras(
                 bar.set_postfix_str(file_name(variant, role))
                 denylist = keep_float_denylist(km, recipe.keep_float) if variant == "int8" else None
                 content, options = convert(saved[role], recipe, samples.get(variant), denylist)
+                if variant == "int8" and role == "probe":
+                    content, options["tap_exposure"] = xnnpack_int8_taps(
+                        content, [tap_key(t.name) for t in list_taps(model)])
                 path = staging / file_name(variant, role)
                 atomic.write_bytes(path, content)
                 if recipe.keep_float and not float_tensor_names(content, options["float_nodes"]):
