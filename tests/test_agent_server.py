@@ -241,6 +241,11 @@ def test_cut_off_upload_leaves_store_intact(agent, tmp_path):
             f"X-Manifest-Length: {len(manifest)}\r\n"
             f"Content-Length: {len(manifest) + len(body)}\r\n\r\n").encode()
     raw_request(server.server_address[1], head + manifest + body[:len(body) // 2], read=False)
+    # The handler may not have started when the client is gone: let its upload appear (or come and go)
+    # before waiting for it to be cleared, else an empty staging folder is seen too early.
+    deadline = time.monotonic() + 2
+    while not list(server.store.staging_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     deadline = time.monotonic() + 10
     while list(server.store.staging_dir.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
