@@ -9,6 +9,11 @@ source "$(dirname "$0")/_venv.sh"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 RUN="${1:-runs/demo}"
 MODEL="$RUN/train/model.keras"
+# Every step refuses to overwrite its outputs: a second demo goes into a fresh folder.
+if [ -n "$(ls -A "$RUN" 2>/dev/null)" ]; then
+  echo "demo: $RUN already holds a run; remove it (rm -r $RUN) or give another folder: scripts/demo.sh runs/demo2" >&2
+  exit 2
+fi
 mkdir -p "$RUN"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
