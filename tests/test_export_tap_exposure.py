@@ -16,6 +16,7 @@ def converted(tmp_path_factory):
     import keras
 
     from toolkit.data.normalize import DEFAULT_NORMALIZATION, normalize
+    from toolkit.export import Recipe
     from toolkit.export.convert import convert, export_saved_model
     from toolkit.export.graph import xnnpack_int8_taps
     from toolkit.zoo import get_model, list_taps, tap_key, tap_model
@@ -25,7 +26,7 @@ def converted(tmp_path_factory):
     saved = export_saved_model(tap_model(model), tmp_path_factory.mktemp("saved") / "probe")
     calibration = normalize(np.random.default_rng(0).integers(0, 256, (32, SIZE, SIZE, 3)),
                             DEFAULT_NORMALIZATION)
-    plain, _ = convert(saved, "int8", calibration)
+    plain, _ = convert(saved, Recipe("int8"), calibration)
     keys = [tap_key(t.name) for t in list_taps(model)]
     rewritten, counts = xnnpack_int8_taps(plain, keys)
     return plain, rewritten, counts, keys

@@ -83,7 +83,7 @@ def test_load_errors_are_clear(tmp_path):
         load_face_model(tmp_path / "missing.keras")
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable Keras model"):
+    with pytest.raises(ValueError, match="not a Keras model file"):
         load_face_model(bad)
 
 

@@ -17,7 +17,9 @@ from ..export.convert import block_layers, float_nodes
 from ..export.graph import describe_io
 
 CONV_OPS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D"}  # BuiltinOperator codes
-ACTIVATION_OPS = {19: "RELU", 21: "RELU6", 54: "PRELU", 98: "LEAKY_RELU"}
+# ADD: an int8 probe file's activations are ADD(x, 0) with the activation fused
+# (toolkit.export.graph.xnnpack_int8_taps).
+ACTIVATION_OPS = {0: "ADD", 19: "RELU", 21: "RELU6", 54: "PRELU", 98: "LEAKY_RELU"}
 
 
 def _block_convs(model_obj, layers: list[str]) -> list:
@@ -31,8 +33,8 @@ def _block_convs(model_obj, layers: list[str]) -> list:
 
     # In a probe file the conv's output is a tap, named for the signature: the block's activation
     # reading it carries the block's name instead.
-    named_by_activation = {i for op in graph.operators if builtin(op) in ACTIVATION_OPS
-                           and names[op.outputs[0]] in wanted for i in op.inputs}
+    named_by_activation = {op.inputs[0] for op in graph.operators if builtin(op) in ACTIVATION_OPS
+                           and names[op.outputs[0]] in wanted}
     convs = [op for op in graph.operators if builtin(op) in CONV_OPS
              and (names[op.outputs[0]] in wanted or op.outputs[0] in named_by_activation)]
     if not convs:

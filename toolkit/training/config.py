@@ -104,7 +104,9 @@ class TrainConfig:
             (self.synth_identities >= 2, f"synth_identities must be >= 2, got {self.synth_identities}"),
             (self.synth_images_per_identity >= 1,
              f"synth_images_per_identity must be >= 1, got {self.synth_images_per_identity}"),
-            (0 <= self.bn_tolerance <= 1, f"bn_tolerance must be in [0, 1], got {self.bn_tolerance}"),
+            # A negative tolerance always tries re-estimating (kept only where it helps).
+            (-1 <= self.bn_tolerance <= 1, f"bn_tolerance must be in [-1, 1] (negative: always try "
+                                           f"re-estimating), got {self.bn_tolerance}"),
             (self.saved_embedding in ("linear", "pooled"),
              f"saved_embedding must be linear or pooled, got {self.saved_embedding!r}"),
         ]
