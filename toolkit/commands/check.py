@@ -80,10 +80,7 @@ def recipe_from_args(args: argparse.Namespace):
         if loose:
             raise ValueError(f"--recipe {args.recipe} already says {', '.join(loose)}: "
                              "edit the recipe instead")
-        recipe = load_recipe(args.recipe)
-        if args.calibration and recipe.calibration.images is None:
-            recipe = recipe.with_(calibration={"images": args.calibration})
-        return recipe
+        return load_recipe(args.recipe).calibrated_on(args.calibration)
     variant = args.variant or "int8"
     if args.keep_float and variant != "int8":
         raise ValueError("--keep-float applies to the int8 variant")

@@ -57,10 +57,7 @@ def recipes_from_args(args: argparse.Namespace) -> list:
         if given or args.variants:
             raise ValueError(f"--recipe {args.recipe} already says {', '.join(given or ['--variants'])}: "
                              "edit the recipe file instead of passing both")
-        recipe = load_recipe(args.recipe)
-        if args.calibration and recipe.calibrated and recipe.calibration.images is None:
-            recipe = recipe.with_(calibration={"images": args.calibration})
-        return [recipe]
+        return [load_recipe(args.recipe).calibrated_on(args.calibration)]
     variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
     if args.keep_float and "int8" not in variants:
         raise ValueError("--keep-float applies to the int8 variant; add int8 to the variants")

@@ -129,6 +129,13 @@ class Recipe:
             changes["calibration"] = cal
         return replace(self, **changes)
 
+    def calibrated_on(self, folder: str | None) -> Recipe:
+        """This recipe with ``folder`` as its calibration faces where it needs some and names none (a
+        recipe file leaves them open so that it can travel between machines)."""
+        if folder and self.calibrated and self.calibration.images is None:
+            return self.with_(calibration={"images": folder})
+        return self
+
     def label(self) -> str:
         """A short human name: ``int8 minmax/200 +float(stage2/block1)``."""
         parts = [self.variant]
