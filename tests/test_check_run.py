@@ -138,3 +138,20 @@ def test_round_weights_puts_codes_on_the_coarser_grid(model_path, good):
     for op in _block_convs(rounded, layers):
         codes = np.frombuffer(bytes(bytearray(rounded.buffers[tensors[op.inputs[1]].buffer].data)), np.int8)
         assert set(np.unique(codes).tolist()) <= set(range(-128, 128, 16)) | {127}
+
+
+def test_search_order_puts_float_depthwise_after_calibration_and_before_blocks():
+    from toolkit.check.search import candidates
+    from toolkit.export import Calibration, Recipe
+
+    base = Recipe("int8", calibration=Calibration(count=200))
+    localisation = {"first_broken_tap": "stage2/block1",
+                    "ranking": [{"tap": "stage2/block1"}, {"tap": "stem/conv"}]}
+    named = [name for name, _ in candidates(base, localisation, 300, depthwise=True)]
+    assert named == ["calibration: every face", "calibration: percentile 99.99 ranges",
+                     "calibration: percentile 99.9 ranges", "depthwise convs in float",
+                     "keep float: stage2/block1", "keep float: stage2/block1, stem/conv",
+                     "int16 activations everywhere", "float16 weights"]
+    recipes = dict(candidates(base, localisation, 300, depthwise=True))
+    assert recipes["depthwise convs in float"].float_ops == ("DEPTHWISE_CONV_2D",)
+    assert "depthwise convs in float" not in dict(candidates(base, localisation, 300))

@@ -32,11 +32,13 @@ def faces():
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
 def test_recipe_round_trips(tmp_path, suffix):
     recipe = Recipe("int8", precision={"stage1/block1": "float32"}, int8_io=True,
+                    float_ops=("DEPTHWISE_CONV_2D",),
                     calibration=Calibration(images="faces", identities="s1-s30", count=50, seed=3,
                                             range_rule="percentile", percentile=99.9))
     assert load_recipe(recipe.save(tmp_path / f"r{suffix}")) == recipe
     assert recipe.keep_float == ["stage1/block1"]
-    assert recipe.label() == "int8 p99.9/50 +float(stage1/block1) int8-io"
+    assert recipe.label() == ("int8 p99.9/50 +float(stage1/block1) +float(depthwise_conv_2d ops) "
+                              "int8-io")
 
 
 @pytest.mark.parametrize("text, key", [
@@ -49,6 +51,9 @@ def test_recipe_round_trips(tmp_path, suffix):
     ('variant = "int16x8"\n[precision]\n"stem/conv" = "float32"\n', "precision.'stem/conv'"),
     ('variant = "float16"\nint8_io = true\n', "int8_io"),
     ('variant = "int8"\n[calibration\n', "not valid TOML"),
+    ('float_ops = ["DEPTHWISE"]\n', "float_ops: unknown op 'DEPTHWISE'"),
+    ('float_ops = "DEPTHWISE_CONV_2D"\n', "float_ops must be a list"),
+    ('variant = "float16"\nfloat_ops = ["DEPTHWISE_CONV_2D"]\n', "float_ops applies to the int8"),
 ])
 def test_bad_recipe_names_the_key(tmp_path, text, key):
     path = tmp_path / "r.toml"
@@ -94,6 +99,36 @@ def test_percentile_ranges_are_narrower_than_min_max(model_path, faces, tmp_path
     pct = tap_scale(Recipe("int8", calibration=pct_rule), "pct")
     assert all(pct[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
     assert any(pct[k] < 0.9 * minmax[k] for k in minmax)
+
+
+def test_float_ops_keep_every_depthwise_conv_float(model_path, faces, tmp_path, capsys):
+    """``float_ops``: every depthwise conv of the deploy and probe files computes in float32 (the
+    converter's op denylist) while the other convs, and the taps behind them, stay int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from device.manifest import load_manifest, manifest_path_for
+
+    out = tmp_path / "out"
+    code = cli.main(["export", str(model_path), "--variants", "int8", "--float-ops", "DEPTHWISE_CONV_2D",
+                     "--calibration-size", "16", "--out", str(out), "--json"])
+    assert code == 2 and "needs calibration" in capsys.readouterr().err  # no faces: refused, nothing written
+    assert not out.exists()
+    files = export_model(model_path, out, [Recipe("int8", calibration=Calibration(count=16),
+                                                  float_ops=("DEPTHWISE_CONV_2D",))],
+                         calibration=faces, progress=False)["int8"]
+    for role, path in files.items():
+        it = Interpreter(str(path))
+        dtypes = {d["index"]: d["dtype"] for d in it.get_tensor_details()}
+        kinds: dict[str, set] = {}
+        for op in it._get_ops_details():
+            kinds.setdefault(op["op_name"], set()).add(np.dtype(dtypes[op["outputs"][0]]).name)
+        assert kinds["DEPTHWISE_CONV_2D"] == {"float32"}, role
+        assert "int8" in kinds["CONV_2D"], role
+        manifest = load_manifest(manifest_path_for(path))
+        assert manifest["recipe"]["float_ops"] == ["DEPTHWISE_CONV_2D"]
+        assert manifest["converter"]["options"]["float_ops"] == ["DEPTHWISE_CONV_2D"]
+    outputs = load_manifest(manifest_path_for(files["probe"]))["outputs"]
+    assert {o["dtype"] for o in outputs if o["kind"] == "tap"} == {"int8"}
 
 
 def test_int16x8_and_per_tensor_exports(model_path, faces, tmp_path):

@@ -2,8 +2,10 @@
 each on the same faces and pairs, and stop at the cheapest that passes.
 
 The order (AIMET's AutoQuant applies its techniques the same way, cheapest first, until the accuracy
-target is met): better calibration (every calibration face; percentile ranges), the blocks the
-localisation names kept in float (one, then two, then three), int16 activations everywhere, float16.
+target is met): better calibration (every calibration face; percentile ranges), depthwise convs kept in
+float (where int8 depthwise kernels are slower than float ones, as XNNPACK's are on x86, this is both
+more accurate and faster; see docs/quantization.md), the blocks the localisation names kept in float
+(one, then two, then three), int16 activations everywhere, float16.
 Each candidate is judged on the host at the tap and identity levels (the feature level is the slowest;
 check the chosen recipe again for it) and priced in deploy size and batch-1 latency against float32.
 LiteRT's 16x8 quantizer takes no per-block exceptions, so int16 for only the localised blocks is not a
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from device.manifest import load_manifest, manifest_path_for
@@ -27,8 +30,10 @@ from .levels import tap_scales
 MAX_KEEP_FLOAT = 3
 
 
-def candidates(base: Recipe, localisation: dict, calibration_faces: int) -> list[tuple[str, Recipe]]:
-    """(what changed, recipe) in order of cost; recipes equal to ``base`` or to an earlier one are dropped."""
+def candidates(base: Recipe, localisation: dict, calibration_faces: int,
+               depthwise: bool = False) -> list[tuple[str, Recipe]]:
+    """(what changed, recipe) in order of cost; recipes equal to ``base`` or to an earlier one are dropped.
+    ``depthwise``: the model has depthwise convs (else keeping them in float changes nothing)."""
     out: list[tuple[str, Recipe]] = []
     if base.variant == "int8":
         more = max(base.calibration.count, calibration_faces)
@@ -36,6 +41,9 @@ def candidates(base: Recipe, localisation: dict, calibration_faces: int) -> list
         for p in (99.99, 99.9):
             out.append((f"calibration: percentile {p:g} ranges",
                         base.with_(calibration={"count": more, "range_rule": "percentile", "percentile": p})))
+        if depthwise:
+            out.append(("depthwise convs in float",
+                        base.with_(float_ops=tuple(dict.fromkeys((*base.float_ops, "DEPTHWISE_CONV_2D"))))))
         ranked = [localisation["first_broken_tap"]] if localisation.get("first_broken_tap") else []
         ranked += [r["tap"] for r in localisation["ranking"]]
         taps = list(dict.fromkeys(ranked))[:MAX_KEEP_FLOAT]
@@ -96,7 +104,9 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
              **price(base_row["files"], float32_deploy, shape), "drop_pp": base_row["drop_pp"],
              "passed": base_row["passed"]}]
     best = base if base_row["passed"] else None
-    tried = candidates(base, base_row["localisation"], len(calibration)) if exhaustive or best is None else []
+    depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
+    tried = (candidates(base, base_row["localisation"], len(calibration), depthwise)
+             if exhaustive or best is None else [])
     for i, (name, recipe) in enumerate(tried, 1):
         judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
                               out / f"{i:02d}-{recipe.variant}")

@@ -56,6 +56,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-features", action="store_true", help="skip the feature level (the slowest)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="export with these taps' blocks kept float")
+    p.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
+                   help="export with these op kinds in float throughout (e.g. DEPTHWISE_CONV_2D)")
     p.add_argument("--quantized", default=None, metavar="TFLITE",
                    help="check this exported deploy model (its .probe.tflite beside it) instead of exporting")
     p.add_argument("--search", nargs="?", const="always", default="on-fail",
@@ -71,21 +73,25 @@ def add_parser(subparsers) -> None:
 
 
 def recipe_from_args(args: argparse.Namespace):
-    """The recipe to check: --recipe FILE, or one built from --variant, --calibration and --keep-float."""
+    """The recipe to check: --recipe FILE, or one built from --variant, --calibration, --keep-float and
+    --float-ops."""
     from ..export import Calibration, Recipe, load_recipe
 
     if args.recipe:
         loose = [f for f, v in (("--variant", args.variant), ("--keep-float", args.keep_float),
+                                ("--float-ops", args.float_ops),
                                 ("--calibration-identities", args.calibration_identities)) if v]
         if loose:
             raise ValueError(f"--recipe {args.recipe} already says {', '.join(loose)}: "
                              "edit the recipe instead")
         return load_recipe(args.recipe).calibrated_on(args.calibration)
     variant = args.variant or "int8"
-    if args.keep_float and variant != "int8":
-        raise ValueError("--keep-float applies to the int8 variant")
+    for flag, given in (("--keep-float", args.keep_float), ("--float-ops", args.float_ops)):
+        if given and variant != "int8":
+            raise ValueError(f"{flag} applies to the int8 variant")
     calibration = Calibration(images=args.calibration, identities=args.calibration_identities, seed=args.seed)
-    return Recipe(variant, precision={t: "float32" for t in args.keep_float}, calibration=calibration)
+    return Recipe(variant, precision={t: "float32" for t in args.keep_float}, calibration=calibration,
+                  float_ops=tuple(args.float_ops))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
-    if args.quantized and (args.recipe or args.variant or args.keep_float):
-        raise ValueError("--quantized checks a file already exported; drop --recipe/--variant/--keep-float "
+    if args.quantized and (args.recipe or args.variant or args.keep_float or args.float_ops):
+        raise ValueError("--quantized checks a file already exported; drop --recipe/--variant/--keep-float/"
+                         "--float-ops "
                          "(its manifest records the recipe that made it)")
     options = CheckOptions(sample=args.sample, feature_images=args.feature_images,
                            features=not args.no_features, subspace_size=args.feature_subspace, seed=args.seed)

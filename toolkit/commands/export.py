@@ -38,6 +38,10 @@ def add_parser(subparsers) -> None:
                    help="faces drawn for int8 calibration (default 200)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="taps whose blocks stay float in int8 (e.g. stage2/block1)")
+    p.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
+                   help="op kinds kept in float throughout the int8 variant (e.g. DEPTHWISE_CONV_2D: "
+                        "int8 depthwise convs are slower than float on some kernels; see "
+                        "docs/quantization.md)")
     p.add_argument("--int8-io", action="store_true", help="int8 input and outputs for the int8 variant "
                    "(default: float in and out, quantised inside)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the calibration sample")
@@ -50,7 +54,7 @@ def recipes_from_args(args: argparse.Namespace) -> list:
     """The recipes to export: the --recipe file, or one per --variants built from the flags."""
     from ..export import Calibration, Recipe, load_recipe
 
-    loose = {"--keep-float": args.keep_float, "--int8-io": args.int8_io,
+    loose = {"--keep-float": args.keep_float, "--float-ops": args.float_ops, "--int8-io": args.int8_io,
              "--calibration-size": args.calibration_size is not None}
     if args.recipe:
         given = [flag for flag, value in loose.items() if value]
@@ -61,13 +65,15 @@ def recipes_from_args(args: argparse.Namespace) -> list:
     variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
     if args.keep_float and "int8" not in variants:
         raise ValueError("--keep-float applies to the int8 variant; add int8 to the variants")
-    if args.int8_io and "int8" not in variants:
-        raise ValueError("--int8-io applies to the int8 variant; add int8 to the variants")
+    for flag, given in (("--float-ops", args.float_ops), ("--int8-io", args.int8_io)):
+        if given and "int8" not in variants:
+            raise ValueError(f"{flag} applies to the int8 variant; add int8 to the variants")
     # The folder goes into the recipe, so the manifest says which faces set the ranges.
     calibration = Calibration(images=args.calibration, count=args.calibration_size or 200, seed=args.seed)
     return [Recipe(variant=v, calibration=calibration,
                    precision={t: "float32" for t in args.keep_float} if v == "int8" else {},
-                   int8_io=args.int8_io and v == "int8") if v in ("int8", "int16x8") else v
+                   int8_io=args.int8_io and v == "int8",
+                   float_ops=tuple(args.float_ops) if v == "int8" else ()) if v in ("int8", "int16x8") else v
             for v in variants]
 
 

@@ -141,9 +141,10 @@ def convert(
         fully_quantize=recipe.int8_io,
         input_data_type=io_type,
         output_data_type=io_type,
+        denylisted_ops=list(recipe.float_ops) or None,
         denylisted_nodes=nodes or None,
     )
-    options.update(int8_io=recipe.int8_io, float_nodes=nodes)
+    options.update(int8_io=recipe.int8_io, float_nodes=nodes, float_ops=list(recipe.float_ops))
     return quantized, options
 
 

@@ -21,7 +21,7 @@ from ..modelfile import load_face_model
 from ..zoo import get_tap, list_taps, tap_key, tap_model
 from .calibration import calibration_sample
 from .convert import check_recipes, convert, export_saved_model, keep_float_denylist
-from .graph import describe_io, float_tensor_names, xnnpack_int8_taps
+from .graph import describe_io, float_tensor_names, integer_ops, xnnpack_int8_taps
 from .provenance import source_entry
 from .recipe import Recipe
 from .verify import ExportVerificationError, verify_variant
@@ -136,6 +136,9 @@ def export_keras(
                 atomic.write_bytes(path, content)
                 if recipe.keep_float and not float_tensor_names(content, options["float_nodes"]):
                     failures.append(f"{variant} {role}: keep-float left no float tensors")
+                if variant == "int8" and (left := integer_ops(content, recipe.float_ops)):
+                    failures.append(f"{variant} {role}: float_ops left {len(left)} op(s) quantized, "
+                                    f"e.g. {left[0]}")
                 manifest = build_manifest(model, meta, recipe, role, path, content, options, origin)
                 atomic.write_json(manifest_path_for(path), manifest)
                 staged[variant][role] = path

@@ -96,6 +96,15 @@ def float_tensor_names(content: bytes, names: list[str]) -> list[str]:
             if d["name"] in wanted and d["dtype"] == np.float32]
 
 
+def integer_ops(content: bytes, kinds: tuple[str, ...]) -> list[str]:
+    """Ops of ``kinds`` whose output is not float32 (to confirm op kinds kept in float): their outputs'
+    names."""
+    it = _interpreter(content)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    return [details[op["outputs"][0]]["name"] for op in it._get_ops_details()
+            if op["op_name"] in kinds and details[op["outputs"][0]]["dtype"] != np.float32]
+
+
 def _shape(detail: dict) -> list[int | None]:
     return [None if int(s) < 0 else int(s) for s in detail["shape_signature"]]
 

@@ -6,6 +6,7 @@ returns the cheapest one that passes. Saved as TOML or JSON (schema ``faceprobe.
     variant = "int8"                  # float32, float16, dynamic_int8, int8, int16x8
     int8_io = false                   # int8 input and outputs (int8 variant)
     per_channel = true                # per-channel weight scales (false: one scale per tensor)
+    float_ops = ["DEPTHWISE_CONV_2D"] # op kinds kept in float everywhere (int8 variant)
     [precision]                       # per tap: the block behind it; unnamed blocks follow the variant
     "stage2/block1" = "float32"
     [calibration]
@@ -34,6 +35,10 @@ VARIANTS = ("float32", "float16", "dynamic_int8", "int8", "int16x8")
 CALIBRATED = {"int8": "int8", "int16x8": "int16x8"}
 PRECISIONS = ("float32", "int8", "int16x8")
 RANGE_RULES = ("minmax", "percentile")
+# Op kinds a recipe may keep in float across the whole int8 model (TFLite builtin names, as the
+# quantizer's op denylist takes them): the ones the zoo's and imported models are made of.
+FLOAT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "AVERAGE_POOL_2D",
+             "MAX_POOL_2D", "PRELU", "CONCATENATION")
 DEFAULT_CALIBRATION_SIZE = 200
 
 
@@ -78,6 +83,7 @@ class Recipe:
     calibration: Calibration = field(default_factory=Calibration)
     int8_io: bool = False
     per_channel: bool = True
+    float_ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -106,6 +112,15 @@ class Recipe:
         if not self.per_channel and not self.calibrated:
             raise RecipeError(f"per_channel = false applies to the int8 and int16x8 variants, "
                               f"not {self.variant}")
+        ops = self.float_ops
+        if not isinstance(ops, tuple | list) or not all(isinstance(o, str) for o in ops):
+            raise RecipeError(f"float_ops must be a list of op names, got {self.float_ops!r}")
+        object.__setattr__(self, "float_ops", tuple(self.float_ops))
+        for op in self.float_ops:
+            if op not in FLOAT_OPS:
+                raise RecipeError(f"float_ops: unknown op {op!r}; choose from {', '.join(FLOAT_OPS)}")
+        if self.float_ops and self.variant != "int8":
+            raise RecipeError(f"float_ops applies to the int8 variant, not {self.variant}")
         if not isinstance(self.calibration, Calibration):
             raise RecipeError("calibration must be a table (images, identities, count, seed, range_rule, "
                               "percentile)")
@@ -145,6 +160,8 @@ class Recipe:
             parts.append(f"{rule}/{c.count}")
         if self.keep_float:
             parts.append(f"+float({','.join(self.keep_float)})")
+        if self.float_ops:
+            parts.append(f"+float({','.join(o.lower() for o in self.float_ops)} ops)")
         if self.int8_io:
             parts.append("int8-io")
         if not self.per_channel:
@@ -153,7 +170,8 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {"schema": RECIPE_SCHEMA, "variant": self.variant, "int8_io": self.int8_io,
-                "per_channel": self.per_channel, "precision": dict(self.precision),
+                "per_channel": self.per_channel, "float_ops": list(self.float_ops),
+                "precision": dict(self.precision),
                 "calibration": asdict(self.calibration)}
 
     @classmethod
@@ -164,7 +182,7 @@ class Recipe:
         schema = d.get("schema", RECIPE_SCHEMA)
         if schema != RECIPE_SCHEMA:
             raise RecipeError(f"{where}: schema {schema!r} is not {RECIPE_SCHEMA!r}")
-        known = {"schema", "variant", "int8_io", "per_channel", "precision", "calibration"}
+        known = {"schema", "variant", "int8_io", "per_channel", "float_ops", "precision", "calibration"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise RecipeError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -179,7 +197,7 @@ class Recipe:
         try:
             return cls(variant=d.get("variant", "int8"), precision=dict(d.get("precision", {})),
                        calibration=Calibration(**cal), int8_io=d.get("int8_io", False),
-                       per_channel=d.get("per_channel", True))
+                       per_channel=d.get("per_channel", True), float_ops=d.get("float_ops", ()))
         except RecipeError as exc:
             raise RecipeError(f"{where}: {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -217,6 +235,8 @@ def to_toml(d: dict) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, list):
+            return json.dumps([str(x) for x in v])  # a JSON array of strings is a TOML array
         return json.dumps(str(v))
 
     lines = [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
