@@ -57,3 +57,27 @@ def test_bad_thresholds_files_are_named(tmp_path):
         load_thresholds(f)
     with pytest.raises(FileNotFoundError):
         load_thresholds(tmp_path / "missing.toml")
+
+
+def test_accuracy_drop_comes_with_its_standard_error_over_pairs():
+    """Identical embeddings: no drop, no error. Noise on the quantized embeddings of a separable set: the
+    standard error is the paired one, sd(correct_float - correct_quantized) / sqrt(pairs)."""
+    from toolkit.check.levels import identity_level
+    from toolkit.data.pairs import make_pairs
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), 5)
+    centres = rng.normal(size=(20, 16))
+    emb = centres[labels] + 0.6 * rng.normal(size=(100, 16))
+    pairs = make_pairs(labels, n_folds=5, seed=0)
+    same = identity_level(emb, emb, labels, pairs)
+    assert same["accuracy_drop_pp"] == 0.0 and same["accuracy_drop_se_pp"] == 0.0
+    noisy = identity_level(emb, emb + 0.8 * rng.normal(size=emb.shape), labels, pairs)
+    sf = np.asarray(noisy["pair_scores"]["float"])
+    sq = np.asarray(noisy["pair_scores"]["quantized"])
+    issame = np.asarray(noisy["pair_scores"]["issame"])
+    t = noisy["threshold"]
+    diff = ((sf > t) == issame).astype(float) - ((sq > t) == issame)
+    assert diff.any()
+    assert noisy["accuracy_drop_se_pp"] == pytest.approx(100 * diff.std(ddof=1) / np.sqrt(len(diff)))
+    assert 0 < noisy["accuracy_drop_se_pp"] < 10

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     found = report["search"]
     keys = ("name", "size_ratio", "speedup_b1", "drop_pp", "passed")
     recipes = [{**{k: r[k] for k in keys}, "name": r["label"] if i == 0 else f"{r['label']} ({r['name']})",
-                "latency_ms": r["latency_ms"], "pareto": r["pareto"]} for i, r in enumerate(found["rows"])]
+                "drop_se_pp": r["drop_se_pp"], "latency_ms": r["latency_ms"], "pareto": r["pareto"]}
+               for i, r in enumerate(found["rows"])]
     best = next((rec for rec in recipes if rec["passed"]), None)
     result = {
         "float_verification_accuracy": report["data"]["float_verification_accuracy"],
@@ -86,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     acc = result["float_verification_accuracy"]
     print(f"float verification accuracy {acc:.4f} on {result['pairs']} pairs")
-    print(f"{'recipe':<64}{'size':>7}{'speedup':>9}{'drop pp':>9}  verdict")
+    print(f"{'recipe':<64}{'size':>7}{'speedup':>9}{'drop pp':>9}{'± se':>7}  verdict")
     for r in recipes:
-        print(f"{r['name'][:63]:<64}{r['size_ratio']:>7.2f}{r['speedup_b1']:>9.2f}{r['drop_pp']:>9.2f}  "
+        print(f"{r['name'][:63]:<64}{r['size_ratio']:>7.2f}{r['speedup_b1']:>9.2f}{r['drop_pp']:>9.2f}"
+              f"{r['drop_se_pp']:>7.2f}  "
               f"{'pass' if r['passed'] else 'fail'}{' *' if r['pareto'] else ''}")
     print(f"best: {best['name'] if best else 'none passes'}; goal met: {result['goal_met']}")
     return 0

@@ -145,7 +145,10 @@ def feature_level(model: keras.Model, reference: dict, board) -> dict:
 def identity_level(float_embeddings: np.ndarray, quant_embeddings: np.ndarray, labels: np.ndarray,
                    pairs) -> dict:
     """Embedding cosine per image; verification and rank-1 float vs quantized on the same pairs; the
-    fraction of pairs whose same/different decision flips at the float model's threshold."""
+    fraction of pairs whose same/different decision flips at the float model's threshold.
+
+    ``accuracy_drop_se_pp``: the drop's standard error over pairs (paired: per-pair correctness float
+    minus quantized at the float threshold), so that a verdict on a drop of a few pairs is read as such."""
     ef = _unit(float_embeddings)
     eq = _unit(quant_embeddings)
     per_image = np.sum(ef * eq, axis=1)
@@ -154,6 +157,7 @@ def identity_level(float_embeddings: np.ndarray, quant_embeddings: np.ndarray, l
     mf = verification_metrics(sf, issame, pairs.fold)
     mq = verification_metrics(sq, issame, pairs.fold)
     threshold = mf["threshold"]
+    correct_diff = ((sf > threshold) == issame).astype(float) - ((sq > threshold) == issame)
     return {
         "embedding_cosine_mean": float(per_image.mean()),
         "embedding_cosine_min": float(per_image.min()),
@@ -161,6 +165,7 @@ def identity_level(float_embeddings: np.ndarray, quant_embeddings: np.ndarray, l
         "float": {**mf, "rank1": rank1_accuracy(ef, labels)},
         "quantized": {**mq, "rank1": rank1_accuracy(eq, labels)},
         "accuracy_drop_pp": 100.0 * (mf["verification_accuracy"] - mq["verification_accuracy"]),
+        "accuracy_drop_se_pp": float(100.0 * correct_diff.std(ddof=1) / np.sqrt(len(correct_diff))),
         "flip_fraction": float(np.mean((sf > threshold) != (sq > threshold))),
         "threshold": threshold,
         "pair_scores": {"float": sf.tolist(), "quantized": sq.tolist(), "issame": issame.tolist()},

@@ -210,6 +210,7 @@ def run_check(
     found = None
     if search in ("always", "exhaustive") or (search == "on-fail" and not passed):
         checked = {"files": variant_files, "drop_pp": host["identities"]["accuracy_drop_pp"],
+                   "drop_se_pp": host["identities"]["accuracy_drop_se_pp"],
                    "localisation": host["localisation"], "passed": passed}
         found = search_recipes(model, meta, Path(model_path), recipe, checked, check_data, calib_faces,
                                thresholds_used, out / "search", exported["float32"]["deploy"],
@@ -228,6 +229,7 @@ def run_check(
             "verification_accuracy": {"float": host["identities"]["float"]["verification_accuracy"],
                                       "quantized": host["identities"]["quantized"]["verification_accuracy"]},
             "accuracy_drop_pp": host["identities"]["accuracy_drop_pp"],
+            "accuracy_drop_se_pp": host["identities"]["accuracy_drop_se_pp"],
             "worst_tap": host["localisation"]["worst_tap"],
             "first_broken_tap": host["localisation"]["first_broken_tap"],
             "failed_checks": sorted({f"{b['name']}:{v['name']}" for b in boards for v in b["verdicts"]

@@ -70,7 +70,8 @@ def judge_recipe(model, meta: dict, model_path: Path, recipe: Recipe, data: Chec
                          source=model_path)[recipe.variant]
     scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
     judged = check_board(model, LocalBoard(files["deploy"], files["probe"]), data, scales, thresholds, None)
-    return {**judged, "files": files, "drop_pp": judged["identities"]["accuracy_drop_pp"]}
+    return {**judged, "files": files, "drop_pp": judged["identities"]["accuracy_drop_pp"],
+            "drop_se_pp": judged["identities"]["accuracy_drop_se_pp"]}
 
 
 def price(files: dict, float32_deploy: Path, shape: tuple[int, ...]) -> dict:
@@ -102,7 +103,7 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
     shape = tuple(meta["input_shape"])
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
              **price(base_row["files"], float32_deploy, shape), "drop_pp": base_row["drop_pp"],
-             "passed": base_row["passed"]}]
+             "drop_se_pp": base_row["drop_se_pp"], "passed": base_row["passed"]}]
     best = base if base_row["passed"] else None
     depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
     tried = (candidates(base, base_row["localisation"], len(calibration), depthwise)
@@ -112,7 +113,7 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
                               out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
                      **price(judged["files"], float32_deploy, shape), "drop_pp": judged["drop_pp"],
-                     "passed": judged["passed"],
+                     "drop_se_pp": judged["drop_se_pp"], "passed": judged["passed"],
                      "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
                      "files": {k: str(v) for k, v in judged["files"].items()}})
         if judged["passed"] and best is None:

@@ -131,7 +131,8 @@ def print_summary(report: dict, out: str) -> None:
     acc = summary["verification_accuracy"]
     print(f"{'PASS' if summary['passed'] else 'FAIL'}: {summary['recipe']} on {', '.join(summary['boards'])}")
     print(f"  verification accuracy  float {acc['float']:.4f}  quantized {acc['quantized']:.4f}  "
-          f"(drop {summary['accuracy_drop_pp']:.2f} pp)")
+          f"(drop {summary['accuracy_drop_pp']:.2f} ± {summary['accuracy_drop_se_pp']:.2f} pp, standard "
+          "error over pairs)")
     print(f"  worst tap {summary['worst_tap']}; first broken tap "
           f"{summary['first_broken_tap'] or 'none (every tap within its thresholds)'}")
     for board in report.get("boards", []):
@@ -153,11 +154,11 @@ def search_table(found: dict) -> str:
     """The fix search's table (size and batch-1 latency against float32) and its outcome."""
     levels = " and ".join(found["judged_at"])
     lines = [f"  fix search (judged at {levels}; size and batch-1 latency vs float32):",
-             f"  {'recipe':<44}{'size':>7}{'speedup':>9}{'drop pp':>9}  verdict"]
+             f"  {'recipe':<44}{'size':>7}{'speedup':>9}{'drop pp':>9}{'± se':>7}  verdict"]
     for r in found["rows"]:
         verdict = "pass" if r["passed"] else "fail"
         lines.append(f"  {r['label'][:43]:<44}{r['size_ratio']:>7.2f}{r['speedup_b1']:>9.2f}"
-                     f"{r['drop_pp']:>9.2f}  {verdict}{' *' if r['pareto'] else ''}")
+                     f"{r['drop_pp']:>9.2f}{r['drop_se_pp']:>7.2f}  {verdict}{' *' if r['pareto'] else ''}")
     if found["best"]:
         lines.append(f"  cheapest passing recipe: {found['best_label']} -> {found['recipe_file']} "
                      f"(export it: faceprobe export MODEL --recipe {found['recipe_file']} --out DIR)")

@@ -124,7 +124,8 @@ def _search(found: dict | None) -> str:
     if not found:
         return "<p>No fix search (the check passed, or the search was off).</p>"
     rows = [{"recipe": r["label"], "change": r["name"], "size_ratio": r["size_ratio"],
-             "speedup_b1": r["speedup_b1"], "drop_pp": r["drop_pp"], "passed": r["passed"],
+             "speedup_b1": r["speedup_b1"], "drop_pp": r["drop_pp"], "drop_se_pp": r["drop_se_pp"],
+             "passed": r["passed"],
              "pareto": r["pareto"]} for r in found["rows"]]
     outcome = (f"Cheapest passing recipe: <code>{html.escape(found['best_label'])}</code>, written to "
                f"<code>{html.escape(found['recipe_file'])}</code>." if found["best"]
@@ -173,7 +174,8 @@ def render_check(run_dir: str | os.PathLike) -> Path:
                                                         "rank1"]),
                   f"<p>mean embedding cosine {ident['embedding_cosine_mean']:.4f} (min "
                   f"{ident['embedding_cosine_min']:.4f}); accuracy drop "
-                  f"{ident['accuracy_drop_pp']:.2f} pp</p>",
+                  f"{ident['accuracy_drop_pp']:.2f} ± {ident['accuracy_drop_se_pp']:.2f} pp (standard "
+                  "error over pairs)</p>",
                   img_tag(identity_figure(board, out / "figures" / f"identities_board{i}.png"),
                           "pair scores")]
     parts += ["<h2>Fix search</h2>", _search(report.get("search")), "</body></html>"]
