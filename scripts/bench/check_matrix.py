@@ -54,6 +54,27 @@ def lagging_batchnorm(model_path: Path, out: Path) -> Path:
     return save_face_model(model, out / "model.keras", **meta)
 
 
+def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
+    """Plain int8 if the check (taps and identities) passes it, else the first int8 recipe its search
+    finds passing: on a model whose int8 drop sits at the threshold no int8 is sound a priori."""
+    from dataclasses import replace
+
+    from toolkit.check.runner import run_check
+    from toolkit.export import Calibration, Recipe
+
+    plain = Recipe("int8", calibration=Calibration(images=args.data, identities=args.calibration_identities))
+    report = run_check(model_path, out, recipe=plain, data=args.data, identities=args.check_identities,
+                       options=replace(opts, features=False), search="on-fail", progress=False)
+    if report["passed"]:
+        return plain
+    rows = (report.get("search") or {}).get("rows", [])
+    found = next((Recipe.from_dict(r["recipe"]) for r in rows
+                  if r["passed"] and r["recipe"]["variant"] == "int8"), None)
+    if found is None:
+        raise SystemExit("check_matrix: no int8 recipe passes this model; pass --sound-recipe FILE")
+    return found
+
+
 def levels(board: dict) -> list[str]:
     return sorted({v["level"] for v in board["verdicts"] if not v["passed"]})
 
@@ -69,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="feature-level ascent steps (default 10)")
     p.add_argument("--sound-recipe", metavar="FILE", help="the int8 recipe known to be sound on this model "
-                   "(e.g. the one `faceprobe check --search` wrote; default: plain int8, 200 faces)")
+                   "(e.g. the one `faceprobe check --search` wrote; default: plain int8 if the check passes "
+                   "it, else the first int8 recipe the check's search finds passing)")
     p.add_argument("--out", help="folder to keep everything (default: a temporary one)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -103,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             return export_keras(model, meta, out / folder, [recipe], calibration=faces_for_calibration,
                                 source=model_path)[recipe.variant]
 
-        sound = export("int8", load_recipe(args.sound_recipe) if args.sound_recipe else Recipe("int8"))
+        sound_recipe = (load_recipe(args.sound_recipe) if args.sound_recipe
+                        else sound_int8(model_path, args, out / "sound-search", opts))
+        sound = export("int8", sound_recipe)
         middle = (taps := list_taps(model))[len(taps) // 2].name
         cases = [("float32 re-export", "pass", export("float32", Recipe("float32"))),
                  ("float16", "pass", export("float16", Recipe("float16"))),
@@ -144,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(lag_row)
         float_accuracy = float_verification(data)
     feature_only = [r["name"] for r in rows if r["levels_caught"] == ["features"]]
-    result = {"float_verification_accuracy": float_accuracy, "cases": rows,
+    result = {"float_verification_accuracy": float_accuracy, "sound_recipe": sound_recipe.label(),
+              "cases": rows,
               "correct": sum(r["verdict"] == r["expected"] for r in rows) / len(rows),
               "caught_only_by_features": feature_only, "damaged_tap": middle}
     if args.json:
