@@ -37,7 +37,7 @@ def train_short(data: str, out: Path, epochs: int) -> Path:
     """The ORL recipe (models/mobilefacenet-orl.toml, s1-s30), trained for ``epochs`` only."""
     subprocess.run([sys.executable, "-m", "toolkit.cli", "train", "--recipe",
                     str(ROOT / "models" / "mobilefacenet-orl.toml"), "--data", data, "--out", str(out),
-                    "--set", f"epochs={epochs}"], check=True, stdout=sys.stderr)
+                    "--epochs", str(epochs)], check=True, stdout=sys.stderr)
     return out / "model.keras"
 
 
