@@ -3,9 +3,10 @@ each on the same faces and pairs, and stop at the cheapest that passes.
 
 The order (AIMET's AutoQuant applies its techniques the same way, cheapest first, until the accuracy
 target is met): better calibration (every calibration face; percentile ranges), depthwise convs kept in
-float (where int8 depthwise kernels are slower than float ones, as XNNPACK's are on x86, this is both
-more accurate and faster; see docs/quantization.md), the blocks the localisation names kept in float
-(one, then two, then three), int16 activations everywhere, float16.
+float (no rounding of their weights, at about 2 % of the size; where int8 depthwise kernels are slower
+than float ones, as XNNPACK's are on x86, it is also the fastest int8; see docs/quantization.md), the
+blocks the localisation names kept in float (one, then two, then three), int16 activations everywhere,
+float16.
 Each candidate is judged on the host at the tap and identity levels (the feature level is the slowest;
 check the chosen recipe again for it) and priced in deploy size and batch-1 latency against float32.
 LiteRT's 16x8 quantizer takes no per-block exceptions, so int16 for only the localised blocks is not a
