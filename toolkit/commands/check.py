@@ -62,9 +62,9 @@ def add_parser(subparsers) -> None:
                    help="check this exported deploy model (its .probe.tflite beside it) instead of exporting")
     p.add_argument("--search", nargs="?", const="always", default="on-fail",
                    choices=["on-fail", "always", "never"],
-                   help="the fix search: recipes in order of cost (better calibration, the localised blocks "
-                        "in float, int16 activations, float16), each checked on the same pairs, until one "
-                        "passes (default on-fail; --search alone: always)")
+                   help="the fix search: recipes in order of cost (better calibration, depthwise convs in "
+                        "float, the localised blocks in float, int16 activations, float16), each checked on "
+                        "the same pairs, until one passes (default on-fail; --search alone: always)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the sampled faces, the pairs and the finite-difference perturbations")
     p.add_argument("--json", action="store_true", help="print the report's summary as JSON")
