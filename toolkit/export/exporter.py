@@ -136,8 +136,8 @@ def export_keras(
                 atomic.write_bytes(path, content)
                 if recipe.keep_float and not float_tensor_names(content, options["float_nodes"]):
                     failures.append(f"{variant} {role}: keep-float left no float tensors")
-                # Only a recipe with float op kinds pays for reading the graph back.
-                left = integer_ops(content, recipe.float_ops) if variant == "int8" and recipe.float_ops else []
+                # Only a recipe with float op kinds (int8 only) pays for reading the graph back.
+                left = integer_ops(content, recipe.float_ops) if recipe.float_ops else []
                 if left:
                     failures.append(f"{variant} {role}: float_ops left {len(left)} op(s) quantized, "
                                     f"e.g. {left[0]}")
