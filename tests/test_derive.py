@@ -181,6 +181,16 @@ def test_derive_through_the_cli_on_synthetic_faces(tiny_teacher, tmp_path, capsy
     assert any((out / "logs" / "derive").iterdir())  # TensorBoard
 
 
+def test_emergence_is_probed_during_distillation(tiny_teacher, tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["derive", str(tiny_teacher), "--keep", "0.5", "--epochs", "1", "--probe-every", "50",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "emergence" / "emergence.json").read_text())
+    snapshots = sorted((out / "emergence" / "snapshots").glob("iter_*.npz"))
+    assert [p.name for p in snapshots] == ["iter_0000000.npz", "iter_0000050.npz", "iter_0000100.npz"]
+    assert set(summary["stages"]) >= {"first", "last"}
+
+
 def test_derive_refuses_a_missing_budget_and_a_double_one(tiny_teacher, tmp_path, capsys):
     assert main(["derive", str(tiny_teacher), "--out", str(tmp_path / "a")]) == 2
     assert "how small" in capsys.readouterr().err
@@ -209,3 +219,28 @@ def test_resume_after_an_interruption_continues_where_it_stopped(tiny_teacher, t
     assert any(m.startswith("resuming") and "after epoch 1/3" in m for m in seen)
     assert result.epochs_completed == 3
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "att_faces"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"the ORL faces are not at {DATA}")
+def test_derive_benchmark_quick_mode_reports_its_keys(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "bench" / "derive.py"), "--quick", "--json",
+                           "--data", str(DATA), "--out", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    for key in ("params", "macs", "input_size", "verification_accuracy", "teacher_verification_accuracy",
+                "cosine_to_teacher", "before_finetune", "train_minutes", "int8", "fast"):
+        assert key in report
+    assert set(report["int8"]) >= {"verification_accuracy", "size_bytes", "speedup_vs_teacher_int8_b1",
+                                   "check_passed"}
+    assert set(report["fast"]) >= {"input_size", "params", "macs", "verification_accuracy",
+                                   "int8_speedup_vs_teacher_int8_b1"}
+    assert report["params"] < report["teacher_params"] and report["fast"]["input_size"] == 112
+    assert 0.0 < report["cosine_to_teacher"] <= 1.0 and report["int8"]["speedup_vs_teacher_int8_b1"] > 1.0
+    assert (tmp_path / "model.keras").is_file()

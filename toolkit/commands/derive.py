@@ -69,6 +69,12 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="prune only: print the groups, the kept channels and the student's size",
     )
+    p.add_argument(
+        "--probe-every",
+        type=positive_int,
+        metavar="K",
+        help="probe feature emergence every K distillation steps (writes RUN_DIR/emergence)",
+    )
     p.add_argument("--out", help="run directory (required unless --dry-run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -192,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         align=args.align,
         crop=args.crop,
         resume=args.resume,
+        probe_every=args.probe_every,
         progress=True,
         log=log,
     )

@@ -156,9 +156,11 @@ def run_epochs(
     elapsed: float,
     on_epoch: Callable[[int, dict], None],
     progress: bool = True,
+    on_step: Callable[[], None] | None = None,
 ) -> float:
     """Train from ``start_epoch`` until the epochs or the minutes run out; ``on_epoch(epoch, logs)`` after
-    each (checkpoint, summaries). Returns the seconds spent in all, ``elapsed`` included."""
+    each (checkpoint, summaries), ``on_step()`` after every step. Returns the seconds spent in all,
+    ``elapsed`` included."""
     from tqdm import tqdm
 
     cfg = d.cfg
@@ -182,6 +184,8 @@ def run_epochs(
             idx = rng.integers(0, len(pool), cfg.batch_size)
             loss, cos = d.step(tf.gather(pool_t, idx), tf.constant(rng.integers(0, 2**31, 2), tf.int64))
             sums += [float(loss), float(cos), cfg.batch_size]
+            if on_step is not None:
+                on_step()
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}")
             if budget and elapsed + time.perf_counter() - t0 >= budget:
                 break

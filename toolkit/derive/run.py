@@ -16,6 +16,7 @@ from .config import DeriveConfig
 
 RUN_ENTRIES = {
     "derive.json",
+    "emergence",
     "pruned.keras",
     "pruned.meta.json",
     "checkpoints",
@@ -100,6 +101,7 @@ def derive(
     align: bool = False,
     crop: bool = False,
     resume: bool = False,
+    probe_every: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> DeriveResult:
@@ -107,7 +109,8 @@ def derive(
 
     ``data`` is a folder of identity folders (labels are not used for training, only to hold out people
     for the per-epoch verification); without it, synthetic faces. ``resume`` continues the run in
-    ``out_dir`` with the settings it was started with."""
+    ``out_dir`` with the settings it was started with. ``probe_every``: probe the emergence of features
+    per stage every that many steps (``out_dir/emergence``, as `faceprobe train --probe-every`)."""
     import keras
     import tensorflow as tf
 
@@ -269,7 +272,22 @@ def derive(
     elapsed = history[-1]["seconds"] if history else 0.0
     budget_left = not cfg.minutes or elapsed < cfg.minutes * 60
     if start < cfg.epochs and budget_left:
-        elapsed = run_epochs(d, pool, start, elapsed, on_epoch, progress=progress)
+        emergence = None
+        if probe_every:
+            from ..probe.emergence import EmergenceCallback
+
+            faces = holdout_fs.images if holdout_fs is not None else pool
+            size_s = int(student.input_shape[1])
+            if faces.shape[1] != size_s:
+                faces = tf.cast(tf.image.resize(faces, (size_s, size_s)), tf.uint8).numpy()
+            emergence = EmergenceCallback(student, faces, every=probe_every, out_dir=run_dir / "emergence")
+            student.optimizer = d.optimizer  # its iterations count the steps across a resumed run
+            emergence.set_model(student)
+            emergence.on_train_begin()
+        elapsed = run_epochs(d, pool, start, elapsed, on_epoch, progress=progress,
+                             on_step=(lambda: emergence.on_train_batch_end(0)) if emergence else None)
+        if emergence is not None:
+            emergence.on_train_end()
     origin = {
         "derived_from": teacher_meta.get("architecture", teacher.name),
         "teacher": str(teacher_path),
