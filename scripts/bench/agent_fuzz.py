@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             models = export_models(work / "models")
         token_file = work / "token"
         token_file.write_text(TOKEN)
+        token_file.chmod(0o600)  # the agent refuses a token others may read
         agent = Agent(work / "store", token_file)
         stats = Stats()
         health = Health(agent)
