@@ -123,6 +123,8 @@ class JobQueue:
     def _load(self) -> None:
         """Records of an earlier run: finished ones are served again, unfinished ones failed."""
         for path in self.jobs_dir.iterdir():
+            if is_plain_dir(path):
+                continue  # none of the agent's: left alone
             if not is_plain_file(path) or path.name.endswith(".plan.npz") or path.name.startswith("."):
                 path.unlink(missing_ok=True)  # plans of jobs that will not run, temp files of a crash
                 continue

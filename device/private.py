@@ -9,7 +9,6 @@ store.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
@@ -80,10 +79,9 @@ def is_plain_dir(path: Path) -> bool:
         return False
 
 
-def open_file(root: Path, *parts: str, flags: int = os.O_RDONLY, mode: int = FILE_MODE) -> int:
-    """A descriptor of ``root/parts...`` opened without following a link at any component below ``root``.
-
-    A link raises OSError (ELOOP or ENOTDIR), as a missing file raises FileNotFoundError."""
+def read_file(root: Path, *parts: str) -> bytes:
+    """The bytes of ``root/parts...``, opened one component at a time without following a link below
+    ``root``: a link raises OSError (ELOOP or ENOTDIR), as a missing file raises FileNotFoundError."""
     nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | nofollow)
     try:
@@ -91,20 +89,11 @@ def open_file(root: Path, *parts: str, flags: int = os.O_RDONLY, mode: int = FIL
             inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fd)
             os.close(fd)
             fd = inner
-        return os.open(parts[-1], flags | nofollow, mode, dir_fd=fd)
+        found = os.open(parts[-1], os.O_RDONLY | nofollow, dir_fd=fd)
     finally:
         os.close(fd)
-
-
-def read_file(root: Path, *parts: str) -> bytes:
-    """The bytes of ``root/parts...``, read without following links (see ``open_file``)."""
-    with os.fdopen(open_file(root, *parts), "rb") as fh:
+    with os.fdopen(found, "rb") as fh:
         return fh.read()
-
-
-def is_link_error(exc: OSError) -> bool:
-    """Whether opening without following links failed because a component was a link (or not a folder)."""
-    return exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK)
 
 
 def make_file_private(path: Path) -> None:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -231,8 +232,9 @@ class ModelStore:
         """Remove a held model (KeyError when it is not held); a crash midway leaves it whole or gone."""
         with self._lock:
             self.paths(model_id)
-            gone = Path(tempfile.mkdtemp(prefix="delete-", dir=self.staging_dir))
-            os.rename(self.models_dir / model_id, gone / model_id)
+            # A rename only, no new folder: deleting is how a full disk is freed, so it must not need space.
+            gone = self.staging_dir / f"delete-{secrets.token_hex(8)}"
+            os.rename(self.models_dir / model_id, gone)
             _fsync_dir(self.models_dir)
         shutil.rmtree(gone, ignore_errors=True)
 

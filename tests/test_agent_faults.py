@@ -83,6 +83,7 @@ def test_a_full_tmpfs_answers_507_fails_jobs_clearly_and_keeps_what_is_stored(ti
     client = AgentClient(url, TOKEN)
     try:
         model_id = client.push(fake_model(tmp_path, 1)[0])
+        spare = client.push(fake_model(tmp_path, 10, size=200_000)[0])
         done = client.submit(model_id, SHORT_PLAN)
         client.wait(done)
         result = client._request("GET", f"/jobs/{done}/result")
@@ -104,6 +105,9 @@ def test_a_full_tmpfs_answers_507_fails_jobs_clearly_and_keeps_what_is_stored(ti
                 if client.status(reply["id"])["status"] == "failed":
                     failures.add(client.status(reply["id"])["error"])
         assert all("disk is full" in f for f in failures), failures
+        fill(tiny_disk, 0)
+        assert request(url, "DELETE", f"/models/{spare}")[0] == 200  # deleting frees a full disk
+        assert shutil.disk_usage(tiny_disk).free >= 200_000
         filler.unlink()
         again = client.submit(model_id, SHORT_PLAN)  # the worker survived and the queue moves on
         assert client.wait(again, 30)["status"] == "done"
