@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -28,8 +29,21 @@ from device.private import UnsafeStore
 from device.store import ModelStore
 from toolkit.remote import AgentClient
 
+BENCH = ROOT / "scripts" / "bench" / "agent_faults.py"
 LONG_PLAN = ProbePlan(targets=TARGET, images=images(8), subspace=DCT2, steps=1000)
 SHORT_PLAN = ProbePlan(targets=TARGET, images=images(), subspace=DCT2, steps=1)
+
+
+def bench():
+    """scripts/bench/agent_faults.py as a module (its process-tree walk serves the tests too)."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("agent_faults", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return module
 
 
 @pytest.fixture()
@@ -258,76 +272,33 @@ def test_a_link_planted_while_serving_is_never_followed(served, tmp_path):
 # --- one lock for a model's life ------------------------------------------------------------------
 
 
-def test_a_delete_racing_a_submit_never_accepts_a_job_on_a_deleted_model(served, tmp_path):
-    server, url, client = served
-    tflite, mpath = fake_model(tmp_path, 8)
-    manifest, body, plan = json.loads(mpath.read_text()), tflite.read_bytes(), SHORT_PLAN.to_bytes()
-    outcomes = []
-    for _ in range(15):
-        model_id = upload(url, manifest, body)[1]["id"]
-        gate, answers = threading.Barrier(2), {}
-
-        def send(what: str, model_id: str = model_id, gate=gate, answers=answers) -> None:
-            gate.wait()
-            answers[what] = (request(url, "DELETE", f"/models/{model_id}") if what == "delete" else
-                             request(url, "POST", f"/jobs?model={model_id}&kind=activations", plan))
-
-        threads = [threading.Thread(target=send, args=(w,)) for w in ("delete", "submit")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        pair = (answers["delete"][0], answers["submit"][0])
-        outcomes.append(pair)
-        assert pair in ((200, 404), (409, 202)), answers
-        if pair[1] == 202:
-            client.wait(answers["submit"][1]["id"], 30)
-            assert request(url, "DELETE", f"/models/{model_id}")[0] == 200
-    assert set(outcomes) <= {(200, 404), (409, 202)}
+def test_a_delete_racing_a_submit_never_accepts_a_job_on_a_deleted_model(tmp_path):
+    race = bench().race(tmp_path, 30, seed=1)  # DELETE /models/ID and POST /jobs?model=ID at one instant
+    assert race["rounds"] == 30 and sum(race["outcomes"].values()) == 30
+    assert race["accepted_on_deleted"] == 0 and race["wrong_status"] == 0, race["outcomes"]
+    assert set(race["outcomes"]) <= {"200+404", "409+202"}
 
 
 # --- children die with the agent ------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found += [child]
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks the process tree through /proc")
 def test_children_die_with_a_killed_agent_and_its_job_leaves_no_result(tmp_path):
-    store, token = tmp_path / "store", token_file(tmp_path)
+    store, token, faults = tmp_path / "store", token_file(tmp_path), bench()
     proc = subprocess.Popen(SERVE + ["--store", str(store), "--token-file", str(token)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         port = int(re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
         client = AgentClient(f"http://127.0.0.1:{port}", TOKEN)
         job = client.submit(client.push(fake_model(tmp_path, 9)[0]), LONG_PLAN)
-        wait_for(lambda: client.status(job)["status"] == "running")
-        below = descendants(proc.pid)
+        record = store / "jobs" / f"{job}.json"
+        wait_for(lambda: json.loads(record.read_text())["status"] == "running")
+        time.sleep(0.3)  # the job's child is at work (the job takes seconds)
+        below = faults.process_tree(proc.pid)
         assert len(below) >= 2  # the fork server and the job's child (and the resource tracker)
         os.kill(proc.pid, signal.SIGKILL)  # the agent alone, as the OOM killer does
         proc.wait()
-        wait_for(lambda: not any(alive(p) for p in below), 2.0)
+        wait_for(lambda: not any(faults.alive(p) for p in below), 2.0)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -362,8 +333,7 @@ def test_a_result_that_arrives_for_a_cancelled_job_is_discarded(tmp_path):
 
 
 def test_agent_faults_bench_quick_keeps_its_promises_and_its_keys():
-    bench = ROOT / "scripts" / "bench" / "agent_faults.py"
-    run = subprocess.run([sys.executable, str(bench), "--quick", "--json"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, str(BENCH), "--quick", "--json"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout)

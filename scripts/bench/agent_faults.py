@@ -36,7 +36,6 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +49,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from agent_fuzz import Agent as FuzzAgent  # noqa: E402 - a sibling script, on the path as this one is
 
 TOKEN = "faults-token-0123456789abcdef"
 TINY = ROOT / "tests" / "data" / "tiny16.float32.probe.tflite"
@@ -80,25 +81,9 @@ def plan(images: int = 1, steps: int = 1) -> bytes:
     return buf.getvalue()
 
 
-class Agent:
-    """``faceprobe-agent serve`` in a child process on a given store."""
-
-    def __init__(self, store: Path, token_file: Path, *extra: str):
-        self.store, self.token_file, self.extra = store, token_file, extra
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--store", str(self.store),
-             "--token-file", str(self.token_file), "--job-timeout", "60", *self.extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        line = self.proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if not match:
-            raise RuntimeError(f"the agent did not start: {line!r}")
-        self.port = int(match.group(1))
+class Agent(FuzzAgent):
+    """``faceprobe-agent serve`` in a child process on a given store (started at once), with requests and
+    a kill -9 that counts what outlives it."""
 
     def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
              timeout: float = 60.0) -> tuple[int, bytes]:
@@ -138,20 +123,7 @@ class Agent:
 
     def descendants(self) -> list[int]:
         """Processes below the agent (fork server, resource tracker, sandbox children)."""
-        children: dict[int, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(entry.name))
-        found, todo = [], [self.proc.pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                found.append(child)
-                todo.append(child)
-        return found
+        return process_tree(self.proc.pid)
 
     def kill9(self) -> tuple[int, float]:
         """SIGKILL the agent alone; (its processes still alive after ORPHAN_WAIT_S, seconds until none)."""
@@ -161,31 +133,38 @@ class Agent:
         self.proc.stdout.close()
         started = time.monotonic()
         while True:
-            alive = [p for p in below if _alive(p)]
+            left = [p for p in below if alive(p)]
             took = time.monotonic() - started
-            if not alive or took > ORPHAN_WAIT_S:
+            if not left or took > ORPHAN_WAIT_S:
                 break
             time.sleep(0.01)
-        for pid in alive:  # leave nothing behind for the next trial
+        for pid in left:  # leave nothing behind for the next trial
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        return len(alive), took
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
+        return len(left), took
 
 
-def _alive(pid: int) -> bool:
+def process_tree(pid: int) -> list[int]:
+    """The processes below ``pid``, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -245,7 +224,6 @@ def _stage_action(agent: Agent, stage: str, rng: random.Random, held: str, job_s
 def kill9(work: Path, trials: int, seed: int) -> dict:
     rng = random.Random(seed)
     agent = Agent(work / "store", token_file(work))
-    agent.start()
     held_models: set[str] = set()
     results: dict[str, str] = {}  # done job -> sha256 of its result, as fetched before the kill
     rows = {s: {"trials": 0, "torn": 0, "lost": 0, "stuck": 0, "orphans_after_s": 0} for s in STAGES}
@@ -306,7 +284,7 @@ def disk_full(work: Path, seed: int, quick: bool) -> dict:
     if made.returncode != 0:
         return {"skipped": f"cannot mount a tmpfs here: {made.stderr.strip()[:200]}"}
     rng = random.Random(seed)
-    agent = Agent(mount / "store", token_file(work), "--min-free-mib", "0")
+    agent: Agent | None = None
     statuses: dict[str, int] = {}
     responses_5xx, stuck, intact = 0, 0, True
 
@@ -317,7 +295,7 @@ def disk_full(work: Path, seed: int, quick: bool) -> dict:
         return status
 
     try:
-        agent.start()
+        agent = Agent(mount / "store", token_file(work), "--min-free-mib", "0")
         manifest, body = model(rng)
         held = json.loads(agent.upload(manifest, body)[1])["id"]
         status, reply = agent.submit(held, plan())
@@ -354,12 +332,13 @@ def disk_full(work: Path, seed: int, quick: bool) -> dict:
         tflite = mount / "store" / "models" / held / "model.tflite"
         intact = (got == 200 and hashlib.sha256(data).hexdigest() == first_result
                   and hashlib.sha256(tflite.read_bytes()).hexdigest() == held)
-        alive = agent.proc.poll() is None
+        survived = agent.proc.poll() is None
     finally:
-        agent.stop()
-        subprocess.run(["umount", str(mount)], capture_output=True)
+        if agent is not None:
+            agent.stop()
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
     return {"responses_5xx": responses_5xx, "stuck_jobs": stuck, "stored_intact": intact,
-            "agent_alive": alive, "jobs": len(jobs), "jobs_failed": len(failed),
+            "agent_alive": survived, "jobs": len(jobs), "jobs_failed": len(failed),
             "failure_reasons": sorted({j["error"] for j in failed})[:5], "statuses": statuses}
 
 
@@ -374,7 +353,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
 def _valid_store(work: Path, name: str, rng: random.Random) -> tuple[Path, str]:
     """A store made and left by a real agent: one model, one finished job."""
     agent = Agent(work / name, token_file(work))
-    agent.start()
     try:
         manifest, body = model(rng)
         held = json.loads(agent.upload(manifest, body)[1])["id"]
@@ -448,7 +426,6 @@ def tamper(work: Path, seed: int) -> dict:
     # A link planted while the agent runs: the manifest it points to must never be served.
     store, held = _valid_store(work, "live", rng)
     agent = Agent(store, work / "token")
-    agent.start()
     try:
         (store / "models" / held / "manifest.json").unlink()
         (store / "models" / held / "manifest.json").symlink_to(outside / "secret.json")
@@ -471,7 +448,6 @@ def tamper(work: Path, seed: int) -> dict:
 def race(work: Path, rounds: int, seed: int) -> dict:
     rng = random.Random(seed)
     agent = Agent(work / "store", token_file(work))
-    agent.start()
     outcomes: dict[str, int] = {}
     accepted_on_deleted = wrong = 0
     body = plan()
