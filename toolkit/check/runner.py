@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -24,6 +25,9 @@ from .gate import load_thresholds
 from .judging import CheckData, CheckOptions, check_board
 from .levels import feature_reference, identity_level, tap_scales
 from .search import search_recipes
+
+if TYPE_CHECKING:
+    from ..remote import Trust
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
 SEARCH_MODES = ("on-fail", "always", "never")
@@ -114,6 +118,7 @@ def run_check(
     thresholds: str | os.PathLike | None = None,
     agents: Sequence[str] = (),
     token: str | None = None,
+    trust: Trust | None = None,
     quantized: str | os.PathLike | None = None,
     options: CheckOptions | None = None,
     search: str = "on-fail",
@@ -200,7 +205,7 @@ def run_check(
     bar.update()
     bar.set_postfix_str("boards")
     for url in agents:
-        remote = RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token)
+        remote = RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token, trust)
         boards.append(check_board(model, remote, check_data, scales, thresholds_used, reference))
     bar.update()
 
