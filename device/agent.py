@@ -11,8 +11,9 @@ Endpoints (JSON unless stated; every endpoint, /health included, needs ``Authori
   loaded and run once in a sandbox child (``device.sandbox``) before it is stored. 201 when added,
   200 when already held with this manifest, 409 when held with another.
 - ``DELETE /models/<id>``         remove a held model (409 while it has queued or running jobs)
-- ``POST /jobs?model=<id>&kind=ascent|activations|embeddings``   body = ``ProbePlan.to_bytes()``; 202 + job
-  id (``embeddings`` reads only the plan's images: the deploy model's embeddings).
+- ``POST /jobs?model=<id>&kind=ascent|activations|embeddings|bench``   body = ``ProbePlan.to_bytes()``; 202 +
+  job id (``embeddings`` reads only the plan's images: the deploy model's embeddings; ``bench`` times the
+  model and the held models its plan names, interleaved: ``device.bench.BenchPlan.to_bytes()``).
   413 when the plan is over the agent's limits, 429 + ``Retry-After`` when the model's queue is full.
 - ``GET  /jobs``, ``GET /jobs/<id>``                   job status (queued, running, done, failed, cancelled)
 - ``DELETE /jobs/<id>``           cancel a queued or running job (409 when it has finished)

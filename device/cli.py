@@ -1,4 +1,5 @@
-"""`faceprobe-agent`: run a probe plan on this board offline (`run`) or serve jobs over HTTP (`serve`)."""
+"""`faceprobe-agent`: run a probe plan on this board offline (`run`), time models here (`bench`) or serve
+jobs over HTTP (`serve`)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ import sys
 from pathlib import Path
 
 from . import console
-from .console import port_number, positive_float, positive_int
+from .console import non_negative_int, port_number, positive_float, positive_int
 
 TOKEN_ENV = "FACEPROBE_AGENT_TOKEN"
 
 EXAMPLES = {
     "": """faceprobe-agent serve --store ~/faceprobe-store --token-file ~/.faceprobe-token --host 0.0.0.0
-faceprobe-agent run model.int8.probe.tflite plan.json --out result""",
+faceprobe-agent run model.int8.probe.tflite plan.json --out result
+faceprobe-agent bench model.int8.tflite model.float32.tflite""",
     "serve": """faceprobe-agent serve --store ~/faceprobe-store            # loopback only, no token
 faceprobe-agent serve --host 0.0.0.0 --port 8765 --store ~/faceprobe-store --token-file ~/.faceprobe-token""",
     "run": """faceprobe-agent run model.int8.probe.tflite plan.json --out result
 faceprobe-agent run model.int8.probe.tflite plan.json --kind activations --out acts --json""",
+    "bench": """faceprobe-agent bench model.int8.tflite model.float32.tflite
+faceprobe-agent bench model.int8.tflite --batch 1,8 --rounds 500 --threads 4 --json
+faceprobe-agent bench model.int8.tflite --benchmark-model ./benchmark_model""",
 }
 
 
@@ -58,7 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-batch", type=positive_int, default=64, help="largest interpreter batch")
     run.add_argument("--json", action="store_true", help="print the result summary as JSON")
     _runtime_args(run)
+
+    bench = sub.add_parser(
+        "bench", help="time models on this board and measure their memory",
+        description="Time MODEL files interleaved, round by round, in the sandboxed child and interpreter "
+                    "configuration the agent runs checks in: warm-up, then timed invocations at each batch "
+                    "size on inputs drawn over the manifest's input range; min / median / p90 latency, the "
+                    "file's size and the memory it costs (peak RSS of its child over an empty child).")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help=".tflite files (manifests beside them)")
+    bench.add_argument("--rounds", type=positive_int, default=200,
+                       help="timed invocations per file and batch size")
+    bench.add_argument("--warmup", type=non_negative_int, default=10, help="untimed invocations first")
+    bench.add_argument("--batch", type=batch_sizes, default=(1,), metavar="B[,B...]",
+                       help="batch sizes to time (default 1)")
+    bench.add_argument("--max-seconds", type=positive_float, default=120.0,
+                       help="stop timing after this long, with the rounds done so far")
+    bench.add_argument("--benchmark-model", metavar="PATH", default=None,
+                       help="TFLite's benchmark_model binary: add its per-op-type profile of each file")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _runtime_args(bench)
     return parser
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive batch sizes."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive integers separated by commas, got {text!r}")
+    return sizes
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -98,7 +133,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchSpec, Sandboxing, local_files, run_bench, table
+    from .tasks import JobLimits
+
+    limits = JobLimits()
+    files = local_files(args.models)
+    spec = BenchSpec(rounds=args.rounds, warmup=args.warmup, batch_sizes=args.batch, threads=args.threads,
+                     max_seconds=args.max_seconds)
+    memory = [limits.model_memory_bytes + limits.job_memory_bytes] * len(files)
+    result = run_bench(files, spec, args.threads, args.kernels, None,
+                       Sandboxing(memory, limits.job_timeout_s), args.benchmark_model)
+    print(json.dumps(result, indent=2) if args.json else table({"this board": result}))
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "serve":
         from .agent import serve
 
@@ -112,6 +164,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _interrupt_hint(args: argparse.Namespace) -> str:
     if args.command == "serve":
         return f"stopped serving; the store {args.store} is kept"
+    if args.command == "bench":
+        return "nothing was written; run the same command again"
     return f"nothing was written to {args.out}; run the same command again"
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from .files import write_atomic
 from .sandbox import SandboxError, public_message
 
-KINDS = ("ascent", "activations", "embeddings")
+KINDS = ("ascent", "activations", "embeddings", "bench")
 FINISHED = ("done", "failed", "cancelled")
 _RECORD_FIELDS = ("id", "model", "kind", "status", "error", "submitted", "started", "finished")
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from device.bench import latency_ms
 from device.manifest import load_manifest, manifest_path_for
 
 from ..export import Recipe, export_keras
 from .boards import LocalBoard
-from .judging import CheckData, check_board, latency_ms
+from .judging import CheckData, check_board
 from .levels import tap_scales
 
 MAX_KEEP_FLOAT = 3
@@ -75,10 +76,10 @@ def judge_recipe(model, meta: dict, model_path: Path, recipe: Recipe, data: Chec
             "drop_se_pp": judged["identities"]["accuracy_drop_se_pp"]}
 
 
-def price(files: dict, float32_deploy: Path, shape: tuple[int, ...]) -> dict:
+def price(files: dict, float32_deploy: Path) -> dict:
     """Deploy size and batch-1 latency as fractions of the float32 deploy file's, timed side by side."""
     deploy = Path(files["deploy"])
-    ms, reference_ms = latency_ms([deploy, Path(float32_deploy)], shape)
+    ms, reference_ms = latency_ms([deploy, Path(float32_deploy)])
     return {"bytes": deploy.stat().st_size,
             "size_ratio": deploy.stat().st_size / Path(float32_deploy).stat().st_size,
             "latency_ms": ms, "float32_latency_ms": reference_ms, "speedup_b1": reference_ms / ms}
@@ -101,9 +102,8 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
     """Try the candidates in order until one passes (``exhaustive``: try them all, for the full table);
     returns the table (the base recipe first), the best recipe (the first that passes; None when none
     does) and where it was written (``out/recipe.toml``)."""
-    shape = tuple(meta["input_shape"])
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
-             **price(base_row["files"], float32_deploy, shape), "drop_pp": base_row["drop_pp"],
+             **price(base_row["files"], float32_deploy), "drop_pp": base_row["drop_pp"],
              "drop_se_pp": base_row["drop_se_pp"], "passed": base_row["passed"]}]
     best = base if base_row["passed"] else None
     depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
@@ -113,7 +113,7 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
         judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
                               out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
-                     **price(judged["files"], float32_deploy, shape), "drop_pp": judged["drop_pp"],
+                     **price(judged["files"], float32_deploy), "drop_pp": judged["drop_pp"],
                      "drop_se_pp": judged["drop_se_pp"], "passed": judged["passed"],
                      "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
                      "files": {k: str(v) for k, v in judged["files"].items()}})

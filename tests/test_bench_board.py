@@ -1,0 +1,135 @@
+"""The board's own clock: the bench job on a loopback agent and `faceprobe-agent bench` offline, on real
+exported files (interleaved timing, real-valued inputs, memory over an empty child, bounds answered 4xx)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from test_ascent_fd import export_tiny, start_images  # noqa: E402
+
+from device import bench  # noqa: E402
+from device.agent import AgentServer  # noqa: E402
+from device.bench import BenchLimits, BenchPlan, BenchSpec  # noqa: E402
+from device.manifest import load_manifest, manifest_path_for  # noqa: E402
+from device.plan import ProbePlan  # noqa: E402
+from toolkit.remote import AgentClient, AgentError  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    _, exported = export_tiny(tmp_path_factory.mktemp("tiny"), variants=("float32", "int8"))
+    return exported
+
+
+@pytest.fixture()
+def agent(tmp_path):
+    server = AgentServer("127.0.0.1", 0, tmp_path / "store", token=TOKEN)
+    server.quiet = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, AgentClient(f"http://127.0.0.1:{server.server_address[1]}", TOKEN)
+    server.shutdown()
+    server.server_close()
+
+
+def test_inputs_are_real_valued_faces_or_draws_over_the_input_range(files):
+    manifest = load_manifest(manifest_path_for(files["int8"]["deploy"]))
+    drawn = bench.bench_inputs(manifest, None, 4)
+    lo, hi = bench.input_range(manifest)
+    assert drawn.shape == (4, 32, 32, 3) and drawn.min() >= lo and drawn.max() <= hi
+    assert np.std(drawn) > 0.3  # uniform over about [-1, 1], not zeros
+    faces = start_images(3)
+    np.testing.assert_array_equal(bench.bench_inputs(manifest, faces, 5), faces[[0, 1, 2, 0, 1]])
+    with pytest.raises(ValueError, match="shape"):
+        bench.bench_inputs(manifest, np.zeros((2, 16, 16, 3), np.float32), 1)
+
+
+def test_interleaved_timing_stops_at_its_time_budget():
+    slow = [lambda: sum(range(20000)), lambda: None]
+    samples = bench.time_interleaved(slow, rounds=10**6, warmup=0, max_seconds=0.05)
+    assert 1 <= len(samples[0]) == len(samples[1]) < 10**6
+    assert np.median(samples[0]) > np.median(samples[1])  # the call that does work takes longer
+
+
+def test_agent_bench_job_times_several_held_models_interleaved(agent, files):
+    server, client = agent
+    deploy = [files["int8"]["deploy"], files["float32"]["deploy"]]
+    ids = [client.push(f) for f in deploy]
+    spec = BenchSpec(rounds=30, warmup=2, batch_sizes=(1, 4))
+    result = client.run(ids[0], BenchPlan(spec, start_images(2), ids[1:]), "bench", timeout=120)
+    stats = result["stats"]
+    assert result["meta"]["kind"] == "bench" and stats["schema"] == bench.BENCH_SCHEMA
+    assert [f["sha256"] for f in stats["files"]] == ids and stats["inputs"] == "images"
+    assert stats["rounds"] == 30 and stats["kernels"] == "xnnpack"
+    for f, path in zip(stats["files"], deploy, strict=True):
+        assert f["bytes"] == path.stat().st_size and f["role"] == "deploy"
+        for batch in ("1", "4"):
+            s = f["latency"][batch]
+            assert 0 < s["min_ms"] <= s["median_ms"] <= s["p90_ms"] and s["runs"] == 30
+        # The interpreter and its buffers cost something over a child that loaded nothing.
+        assert f["peak_rss_bytes"] > 0
+        assert f["peak_rss_mib"] == pytest.approx(f["peak_rss_bytes"] / 2**20, rel=0.01)
+    assert stats["files"][0]["variant"] == "int8" and stats["files"][1]["variant"] == "float32"
+    # The same job offline: `faceprobe-agent bench` on the files themselves.
+    out = subprocess.run([sys.executable, "-m", "device.cli", "bench", *map(str, deploy), "--rounds", "20",
+                          "--batch", "1,4", "--json"], capture_output=True, text=True, check=True)
+    offline = json.loads(out.stdout)
+    assert [f["sha256"] for f in offline["files"]] == ids and offline["rounds"] == 20
+    assert offline["inputs"] == "uniform over the input range"
+    table = subprocess.run([sys.executable, "-m", "device.cli", "bench", str(deploy[0]), "--rounds", "5"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "model.int8.tflite" in table and "min ms" in table
+
+
+def test_bench_jobs_past_the_limits_are_refused_with_4xx(agent, files):
+    server, client = agent
+    model_id = client.push(files["int8"]["deploy"])
+    other = client.push(files["float32"]["deploy"])
+    limits = BenchLimits()
+    cases = {
+        "rounds": (BenchSpec(rounds=limits.max_rounds + 1), [], 413),
+        "images in a batch": (BenchSpec(batch_sizes=(limits.max_batch + 1,)), [], 413),
+        "threads": (BenchSpec(threads=limits.max_threads + 1), [], 413),
+        "seconds of timing": (BenchSpec(max_seconds=limits.max_seconds + 1), [], 413),
+        "models": (BenchSpec(), [other] * 1 + [f"{i:064x}" for i in range(limits.max_models)], 413),
+        "not held": (BenchSpec(), ["ab" * 32], 400),
+    }
+    for expected, (spec, models, status) in cases.items():
+        with pytest.raises(AgentError, match=expected) as err:
+            client.submit(model_id, BenchPlan(spec, np.zeros((0, 32, 32, 3), np.float32), models), "bench")
+        assert err.value.status == status, expected
+    # A bench section that is not one, and images of another shape, are the client's mistakes too.
+    plan = BenchPlan(BenchSpec(), np.zeros((1, 16, 16, 3), np.float32), [other])
+    with pytest.raises(AgentError, match="input shape") as err:
+        client.submit(model_id, plan, "bench")
+    assert err.value.status == 400
+    with pytest.raises(AgentError, match="bench") as err:  # a probe plan without a bench section
+        client.submit(model_id, ProbePlan(targets=[], images=start_images(1)), "bench")
+    assert err.value.status == 400
+    assert not server.jobs.list()  # nothing was queued
+
+
+def test_benchmark_model_op_profile_is_parsed():
+    rows = [("[Node type]", "[count]", "[avg ms]", "[avg %]", "[cdf %]", "[mem KB]", "[times called]"),
+            ("CONV_2D", "12", "0.412", "61.220%", "61.220%", "0.000", "12"),
+            ("DEPTHWISE_CONV_2D", "9", "0.198", "29.421%", "90.641%", "0.000", "9"),
+            ("ADD", "3", "0.063", "9.359%", "100.000%", "0.000", "3")]
+    # benchmark_model's layout: a banner, then tab-separated right-aligned columns, then the timings line.
+    table = "\n".join("\t" + "\t".join(f"{c:>12}" for c in row) for row in rows)
+    text = (f"{'=' * 30} Summary by node type {'=' * 30}\n{table}\n\n"
+            "Timings (microseconds): count=50 first=1290 curr=672 min=655 max=1290 avg=690.3 std=89\n")
+    ops = bench.parse_op_profile(text)
+    assert list(ops) == ["CONV_2D", "DEPTHWISE_CONV_2D", "ADD"]
+    assert ops["CONV_2D"] == {"count": 12, "avg_ms": 0.412, "share": pytest.approx(0.6122)}
+    assert sum(o["share"] for o in ops.values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="Summary by node type"):
+        bench.parse_op_profile("INFO: Average inference timings in us: Warmup: 1290, Inference: 690")
