@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,16 @@ def test_benchmark_model_op_profile_is_parsed():
     assert sum(o["share"] for o in ops.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="Summary by node type"):
         bench.parse_op_profile("INFO: Average inference timings in us: Warmup: 1290, Inference: 690")
+
+
+def test_board_speed_benchmark_quick_prints_its_keys():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "board_speed.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True,
+                         check=True, timeout=600)
+    result = json.loads(out.stdout)
+    assert [f["variant"] for f in result["files"]] == ["float32", "float16", "dynamic_int8", "int8", "int16x8"]
+    for f in result["files"]:
+        assert set(f) == {"variant", "agent_ms", "inprocess_ms", "ratio", "peak_rss_mib", "size_bytes"}
+        assert f["ratio"] == pytest.approx(f["agent_ms"] / f["inprocess_ms"]) and f["size_bytes"] > 0
+    assert list(result["stage_shares"]) == ["first", "middle", "last"]
+    assert result["stage_shares_sum"] == pytest.approx(sum(result["stage_shares"].values()))
