@@ -141,7 +141,8 @@ def test_board_speed_benchmark_quick_prints_its_keys():
     out = subprocess.run([sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True,
                          check=True, timeout=600)
     result = json.loads(out.stdout)
-    assert [f["variant"] for f in result["files"]] == ["float32", "float16", "dynamic_int8", "int8", "int16x8"]
+    variants = ["float32", "float16", "dynamic_int8", "int8", "int16x8"]
+    assert [f["variant"] for f in result["files"]] == variants
     for f in result["files"]:
         assert set(f) == {"variant", "agent_ms", "inprocess_ms", "ratio", "peak_rss_mib", "size_bytes"}
         assert f["ratio"] == pytest.approx(f["agent_ms"] / f["inprocess_ms"]) and f["size_bytes"] > 0

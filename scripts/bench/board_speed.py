@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         exported = export_keras(model, meta, Path(tmp) / "export", recipes, calibration=faces)
         deploy = [exported[v]["deploy"] for v in VARIANTS]
-        prefixes = export_prefixes(model, meta, recipes[VARIANTS.index("int8")], Path(tmp) / "prefixes", faces)
+        int8 = recipes[VARIANTS.index("int8")]
+        prefixes = export_prefixes(model, meta, int8, Path(tmp) / "prefixes", faces)
         server = AgentServer("127.0.0.1", 0, Path(tmp) / "store", threads=args.threads)
         server.quiet = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
