@@ -143,7 +143,7 @@ class AgentServer(ThreadingHTTPServer):
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20, threads: int | None = None,
                  kernels: str = "xnnpack", job_limits: JobLimits | None = None,
                  plan_limits: PlanLimits | None = None, connections: ConnectionLimits | None = None,
-                 queue_cap: int = 16, parallel_jobs: int = 1):
+                 queue_cap: int = 16, parallel_jobs: int = 1, benchmark_model: str | None = None):
         if not token and not is_loopback(host):
             raise ValueError(f"refusing to listen on {host!r} without a token: anyone on the network could "
                              "upload models and run jobs. Pass --token-file FILE (or --token T), or listen "
@@ -157,7 +157,7 @@ class AgentServer(ThreadingHTTPServer):
         self.store = ModelStore(store_dir)
         try:
             self.task = Task(self.store, threads=threads, kernels=kernels, limits=job_limits,
-                             plan_limits=self.plan_limits)
+                             plan_limits=self.plan_limits, benchmark_model=benchmark_model)
             self.jobs = JobQueue(Path(store_dir), self.task.execute, queue_cap=queue_cap,
                                  parallel=parallel_jobs)
             if ":" in host:
@@ -470,12 +470,13 @@ class AgentHandler(BaseHTTPRequestHandler):
 def serve(host: str, port: int, store_dir: str | os.PathLike, token: str | None = None,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, threads: int | None = None,
           kernels: str = "xnnpack", job_timeout_s: float | None = None, queue_cap: int = 16,
-          max_connections: int | None = None) -> None:
+          max_connections: int | None = None, benchmark_model: str | None = None) -> None:
     """Run the agent until interrupted."""
     job_limits = JobLimits(job_timeout_s=job_timeout_s) if job_timeout_s else None
     connections = ConnectionLimits(max_connections=max_connections) if max_connections else None
     server = AgentServer(host, port, store_dir, token, int(max_upload_mb * (1 << 20)), threads, kernels,
-                         job_limits=job_limits, connections=connections, queue_cap=queue_cap)
+                         job_limits=job_limits, connections=connections, queue_cap=queue_cap,
+                         benchmark_model=benchmark_model)
     bound = server.server_address
     print(f"faceprobe-agent {__version__} listening on http://{bound[0]}:{bound[1]} "
           f"(store {store_dir}, {'token auth' if token else 'no auth, loopback only'})", flush=True)

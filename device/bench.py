@@ -263,6 +263,8 @@ def run_bench(files: Sequence[tuple[str | os.PathLike, str | os.PathLike]], spec
     """Time ``files`` ((tflite, manifest) pairs) interleaved and measure each one's memory, every piece in
     a sandbox child, with the board's ``threads`` and ``kernels`` (``spec.threads`` overrides the
     threads). Returns the bench result (schema ``faceprobe.bench/1``)."""
+    if benchmark_model and not os.access(benchmark_model, os.X_OK):
+        raise FileNotFoundError(f"--benchmark-model {benchmark_model} is not an executable file")
     files = [(str(t), str(m)) for t, m in files]
     threads = spec.threads or threads
     end = time.monotonic() + limits.timeout_s
@@ -362,8 +364,6 @@ def parse_op_profile(text: str) -> dict[str, dict[str, float]]:
 def op_profile(binary: str, tflite: str, threads: int | None, timeout_s: float
                ) -> dict[str, dict[str, float]]:
     """Run TFLite's ``benchmark_model`` on a file with op profiling and parse its per-op-type table."""
-    if not os.access(binary, os.X_OK):
-        raise FileNotFoundError(f"--benchmark-model {binary} is not an executable file")
     args = [binary, f"--graph={tflite}", "--enable_op_profiling=true", "--num_runs=50",
             f"--num_threads={threads or -1}"]
     try:

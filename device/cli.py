@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="jobs that may wait per model; more are answered 429")
     serve.add_argument("--max-connections", type=positive_int, default=32,
                        help="connections served at once; more are answered 503")
+    serve.add_argument("--benchmark-model", metavar="PATH", default=None,
+                       help="TFLite's benchmark_model binary: bench jobs add its per-op-type profile")
     _runtime_args(serve)
 
     run = sub.add_parser("run", help="run a probe plan on a model here, without a server",
@@ -155,7 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .agent import serve
 
         serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads, args.kernels,
-              args.job_timeout, args.queue_cap, args.max_connections)
+              args.job_timeout, args.queue_cap, args.max_connections, args.benchmark_model)
         console.raise_if_interrupted()  # the server stops on Ctrl-C: say so, exit 130
         return 0
     return _run(args)

@@ -148,3 +148,32 @@ def test_board_speed_benchmark_quick_prints_its_keys():
         assert f["ratio"] == pytest.approx(f["agent_ms"] / f["inprocess_ms"]) and f["size_bytes"] > 0
     assert list(result["stage_shares"]) == ["first", "middle", "last"]
     assert result["stage_shares_sum"] == pytest.approx(sum(result["stage_shares"].values()))
+
+
+def test_offline_bench_adds_benchmark_model_profile(files, tmp_path):
+    """`--benchmark-model` runs the binary on each file with op profiling and adds its table. No
+    benchmark_model build is installed here, so a script in its place checks the flags it is given (as
+    the real binary reads them) and prints the binary's table for the graph it was pointed at."""
+    fake = tmp_path / "benchmark_model"
+    fake.write_text(f"""#!{sys.executable}
+import os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+if args.get("enable_op_profiling") != "true" or not os.path.isfile(args.get("graph", "")):
+    sys.exit("usage: --graph=FILE --enable_op_profiling=true")
+nodes = os.path.getsize(args["graph"]) % 7 + 1
+print("=" * 30 + " Summary by node type " + "=" * 30)
+print("\\t[Node type]\\t[count]\\t[avg ms]\\t[avg %]\\t[cdf %]\\t[mem KB]\\t[times called]")
+print(f"\\tCONV_2D\\t{{nodes}}\\t0.250\\t80.000%\\t80.000%\\t0.000\\t{{nodes}}")
+print("\\tADD\\t1\\t0.0625\\t20.000%\\t100.000%\\t0.000\\t1")
+""")
+    fake.chmod(0o755)
+    deploy = files["int8"]["deploy"]
+    out = subprocess.run([sys.executable, "-m", "device.cli", "bench", str(deploy), "--rounds", "5",
+                          "--benchmark-model", str(fake), "--json"], capture_output=True, text=True,
+                         check=True)
+    profile = json.loads(out.stdout)["files"][0]["op_profile"]
+    assert profile["CONV_2D"]["count"] == deploy.stat().st_size % 7 + 1
+    assert profile["ADD"] == {"count": 1, "avg_ms": 0.0625, "share": pytest.approx(0.2)}
+    bad = subprocess.run([sys.executable, "-m", "device.cli", "bench", str(deploy), "--benchmark-model",
+                          str(tmp_path / "missing")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not an executable file" in bad.stderr and "Traceback" not in bad.stderr
