@@ -177,3 +177,21 @@ print("\\tADD\\t1\\t0.0625\\t20.000%\\t100.000%\\t0.000\\t1")
     bad = subprocess.run([sys.executable, "-m", "device.cli", "bench", str(deploy), "--benchmark-model",
                           str(tmp_path / "missing")], capture_output=True, text=True)
     assert bad.returncode == 2 and "is not an executable file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_faceprobe_bench_times_files_on_host_and_agent_side_by_side(agent, files, capsys):
+    from toolkit.cli import main
+
+    server, client = agent
+    deploy = [str(files["int8"]["deploy"]), str(files["float32"]["deploy"])]
+    assert main(["bench", *deploy, "--agent", client.url, "--token", TOKEN, "--rounds", "10",
+                 "--threads", "1", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert list(results) == ["host", client.url]
+    for result in results.values():
+        assert [f["variant"] for f in result["files"]] == ["int8", "float32"] and result["threads"] == 1
+    assert main(["bench", *deploy, "--agent", client.url, "--token", TOKEN, "--rounds", "5"]) == 0
+    table = capsys.readouterr().out
+    assert f"{client.url}: " in table and "host: " in table and table.count("model.int8.tflite") == 2
+    assert main(["bench", deploy[0], "--no-host"]) == 2
+    assert "--no-host leaves nowhere to time" in capsys.readouterr().err

@@ -33,7 +33,10 @@ def bench_agent(client: AgentClient, files: Sequence[str | os.PathLike], spec: B
     ids = [client.push(Path(f)) for f in files]
     shape = (0, *load_shape(files[0]))
     plan = BenchPlan(spec, np.zeros(shape, np.float32) if images is None else images, ids[1:])
-    return client.run(ids[0], plan, "bench", timeout)["stats"]
+    result = client.run(ids[0], plan, "bench", timeout)["stats"]
+    for entry, path in zip(result["files"], files, strict=True):
+        entry["file"] = Path(path).name  # the board names its stored copy; name the file that was sent
+    return result
 
 
 def load_shape(tflite: str | os.PathLike) -> tuple[int, ...]:
