@@ -116,3 +116,12 @@ def test_min_speedup_is_off_by_default_and_fails_the_check_when_set(tiny, checke
                  "--json"])
     failed = json.loads((tmp_path / "o" / "report.json").read_text())["summary"]["failed_checks"]
     assert code == 1 and "host:speedup_b1" in failed
+
+
+def test_an_unreachable_price_board_is_named_before_any_work(tiny, tmp_path, capsys):
+    _, model, deploy, gate = tiny
+    code = main(["check", str(model), "--quantized", str(deploy), "--price-on", "http://127.0.0.1:9",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "http://127.0.0.1:9: cannot reach the agent" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -25,7 +25,7 @@ from .gate import load_thresholds
 from .judging import CheckData, CheckOptions, check_board
 from .levels import feature_reference, identity_level, tap_scales
 from .search import search_recipes
-from .speed import HOST, Pricer, add_speed
+from .speed import HOST, IMAGES, Pricer, add_speed
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
 SEARCH_MODES = ("on-fail", "always", "never")
@@ -144,6 +144,7 @@ def run_check(
                          "int16x8")
     out = check_out_dir(out_dir)
     thresholds_used = load_thresholds(thresholds)
+    pricer = Pricer(price_on or (agents[0] if agents else HOST), token)  # an unreachable board fails here
     model, meta = load_face_model(model_path)
     taken = None
     if quantized is not None:
@@ -223,7 +224,7 @@ def run_check(
         checked = {"files": variant_files, "drop_pp": host["identities"]["accuracy_drop_pp"],
                    "drop_se_pp": host["identities"]["accuracy_drop_se_pp"],
                    "localisation": host["localisation"], "passed": passed}
-        pricer = Pricer(price_on or (agents[0] if agents else HOST), token, images)
+        pricer.images = images[:IMAGES]
         found = search_recipes(model, meta, Path(model_path), recipe, checked, check_data, calib_faces,
                                thresholds_used, out / "search", exported["float32"]["deploy"], pricer,
                                exhaustive=search == "exhaustive")

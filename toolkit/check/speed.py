@@ -63,12 +63,14 @@ def add_speed(placed: list, boards: list[dict], float32_deploy: Path, prefixes: 
 class Pricer:
     """Prices a recipe's deploy file against float32 where ``where`` says: "host" or an agent URL."""
 
-    def __init__(self, where: str, token: str | None = None, images: np.ndarray | None = None):
+    def __init__(self, where: str, token: str | None = None):
         from ..remote import AgentClient, normalize_url
 
         self.name = HOST if where == HOST else normalize_url(where)
         self.client = None if self.name == HOST else AgentClient(self.name, token)
-        self.images = None if images is None else images[:IMAGES]
+        if self.client is not None:
+            self.client.health()  # AgentError now, not after the check's long work
+        self.images: np.ndarray | None = None  # the faces timed invocations cycle through (set by the check)
 
     def __call__(self, deploy: Path, float32_deploy: Path) -> dict:
         files = [Path(deploy), Path(float32_deploy)]
