@@ -41,7 +41,11 @@ def _args(argv):
     p.add_argument("--train-identities", default="s1-s30")
     p.add_argument("--eval-identities", default="s31-s40")
     p.add_argument("--minutes", type=float, help="bound on the fine-tuning (default: the recipe's)")
-    p.add_argument("--fast-size", type=int, default=112, help="input size of the fast operating point")
+    p.add_argument(
+        "--fast-size",
+        type=int,
+        help="input size of the fast operating point (default 112 for dlib's port; none for --teacher)",
+    )
     p.add_argument("--fast-minutes", type=float, help="bound on the fast point's fine-tuning")
     p.add_argument(
         "--part",
@@ -195,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         print("training and evaluation identities overlap", file=sys.stderr)
         return 2
 
-    fast_cfg = cfg.with_overrides(size=args.fast_size, minutes=None if args.quick else args.fast_minutes)
+    fast_size = args.fast_size or (None if args.teacher else 112)
     if args.part in ("all", "main"):
         result = _derive(teacher_path, out / "run", cfg, args, train_ids, align, log)
-    if args.part in ("all", "fast"):
+    fast = None
+    if args.part in ("all", "fast") and fast_size:
+        fast_cfg = cfg.with_overrides(size=fast_size, minutes=None if args.quick else args.fast_minutes)
         fast = _derive(teacher_path, out / "fast", fast_cfg, args, train_ids, align, log)
     if args.part != "all":
         return 0
@@ -223,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         else out / "teacher-export" / "model.int8.tflite"
     )
     s_int8 = _int8(out / "model.keras", calib, out / "export", size_t)
-    f_int8 = _int8(fast.model_path, calib, out / "fast-export", args.fast_size)
+    files = [t_int8, s_int8] + (
+        [_int8(fast.model_path, calib, out / "fast-export", fast_size)] if fast else []
+    )
     from device.bench import latency_ms  # each file on its own input size, timed round by round
 
-    t_ms, s_ms, f_ms = latency_ms([t_int8, s_int8, f_int8], 5 if args.quick else 200)
-    fast_model, _ = load_face_model(fast.model_path)
+    t_ms, s_ms, *f_ms = latency_ms(files, 5 if args.quick else 200)
     report = {
         "params": result.params,
         "macs": result.macs,
@@ -252,12 +259,16 @@ def main(argv: list[str] | None = None) -> int:
             if (args.quick or args.no_check)
             else _check(out / "model.keras", out / "check", args, align),
         },
-        "fast": {
-            "input_size": args.fast_size,
+        "fast": None
+        if fast is None
+        else {
+            "input_size": fast_size,
             "params": fast.params,
             "macs": fast.macs,
-            "verification_accuracy": _verification(_embed(fast_model, eval_fs.images), pairs),
-            "int8_speedup_vs_teacher_int8_b1": t_ms / f_ms,
+            "verification_accuracy": _verification(
+                _embed(load_face_model(fast.model_path)[0], eval_fs.images), pairs
+            ),
+            "int8_speedup_vs_teacher_int8_b1": t_ms / f_ms[0],
             "train_minutes": fast.train_seconds / 60.0,
         },
         "pairs": int(len(pairs.issame)),
