@@ -13,7 +13,7 @@ import numpy as np
 from device.bench import BenchPlan, BenchSpec, Sandboxing, local_files, run_bench
 from device.tasks import JobLimits
 
-from .remote import AgentClient, Fleet
+from .remote import AgentClient, Fleet, Trust
 
 HOST = "host"
 
@@ -47,11 +47,11 @@ def load_shape(tflite: str | os.PathLike) -> tuple[int, ...]:
 
 def bench_everywhere(files: Sequence[str | os.PathLike], spec: BenchSpec, agents: Sequence[str] = (),
                      token: str | None = None, host: bool = True, threads: int | None = None,
-                     images: np.ndarray | None = None) -> dict[str, dict]:
+                     images: np.ndarray | None = None, trust: Trust | None = None) -> dict[str, dict]:
     """{"host" and each agent URL: its bench result of ``files``}; agents run at once, the host first."""
     out = {HOST: bench_host(files, spec, threads, images=images)} if host else {}
     if agents:
-        out.update(Fleet(agents, token).map(lambda c: bench_agent(c, files, spec, images)))
+        out.update(Fleet(agents, token, trust=trust).map(lambda c: bench_agent(c, files, spec, images)))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from device import tasks
 from device.bench import BenchSpec
 from device.plan import ProbePlan, ProbeResult
 from device.runtime import Runtime
+
+if TYPE_CHECKING:
+    from ..remote import Trust
 
 CHUNK = 8  # images per interpreter job: bounds memory (a stem tap of 8 faces is ~6 MB)
 
@@ -66,10 +70,10 @@ class RemoteBoard:
     """A board agent (`faceprobe-agent serve`) holding the deploy and the probe file."""
 
     def __init__(self, url: str, deploy_tflite: str | os.PathLike, probe_tflite: str | os.PathLike,
-                 token: str | None = None):
+                 token: str | None = None, trust: Trust | None = None):
         from ..remote import AgentClient
 
-        self.client = AgentClient(url, token)
+        self.client = AgentClient(url, token, trust=trust)
         self.name = self.client.url
         self.deploy_path = Path(deploy_tflite)
         self.deploy_id = self.client.push(Path(deploy_tflite))

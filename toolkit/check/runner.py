@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +27,9 @@ from .judging import CheckData, CheckOptions, check_board
 from .levels import feature_reference, identity_level, tap_scales
 from .search import search_recipes
 from .speed import HOST, IMAGES, Pricer, add_speed
+
+if TYPE_CHECKING:
+    from ..remote import Trust
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
 SEARCH_MODES = ("on-fail", "always", "never")
@@ -117,6 +121,7 @@ def run_check(
     thresholds: str | os.PathLike | None = None,
     agents: Sequence[str] = (),
     token: str | None = None,
+    trust: Trust | None = None,
     quantized: str | os.PathLike | None = None,
     options: CheckOptions | None = None,
     search: str = "on-fail",
@@ -144,7 +149,8 @@ def run_check(
                          "int16x8")
     out = check_out_dir(out_dir)
     thresholds_used = load_thresholds(thresholds)
-    pricer = Pricer(price_on or (agents[0] if agents else HOST), token)  # an unreachable board fails here
+    # An unreachable pricing board fails here, before the check's long work.
+    pricer = Pricer(price_on or (agents[0] if agents else HOST), token, trust)
     model, meta = load_face_model(model_path)
     taken = None
     if quantized is not None:
@@ -209,7 +215,7 @@ def run_check(
     bar.update()
     bar.set_postfix_str("boards")
     for url in agents:
-        placed.append(RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token))
+        placed.append(RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token, trust))
         boards.append(check_board(model, placed[-1], check_data, scales, thresholds_used, reference))
     bar.set_postfix_str("speed")
     slower = add_speed(placed, boards, exported["float32"]["deploy"], prefixes, images, thresholds_used,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from device.bench import BenchSpec
 
 from ..speed import HOST, bench_agent, bench_host, speed_of, stage_shares
 from .gate import judge
+
+if TYPE_CHECKING:
+    from ..remote import Trust
 
 SPEC = BenchSpec(rounds=200, warmup=10, max_seconds=60.0)
 IMAGES = 8  # check faces the timed invocations cycle through (real inputs, not zeros)
@@ -63,11 +67,11 @@ def add_speed(placed: list, boards: list[dict], float32_deploy: Path, prefixes: 
 class Pricer:
     """Prices a recipe's deploy file against float32 where ``where`` says: "host" or an agent URL."""
 
-    def __init__(self, where: str, token: str | None = None):
+    def __init__(self, where: str, token: str | None = None, trust: Trust | None = None):
         from ..remote import AgentClient, normalize_url
 
         self.name = HOST if where == HOST else normalize_url(where)
-        self.client = None if self.name == HOST else AgentClient(self.name, token)
+        self.client = None if self.name == HOST else AgentClient(self.name, token, trust=trust)
         if self.client is not None:
             self.client.health()  # AgentError now, not after the check's long work
         self.images: np.ndarray | None = None  # the faces timed invocations cycle through (set by the check)

@@ -12,3 +12,21 @@ def writes_folder(parser: argparse.ArgumentParser, *markers: str) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace --out when it holds an earlier output of this command")
     parser.set_defaults(outputs=markers)
+
+
+def agent_trust_options(parser: argparse.ArgumentParser) -> None:
+    """``--agent-fingerprint`` and ``--insecure``: how the board agents named by ``--agent`` are trusted."""
+    parser.add_argument("--agent-fingerprint", action="append", default=[], metavar="SHA256",
+                        help="the SHA-256 fingerprint of an https:// agent's certificate (printed by "
+                             "`faceprobe-agent serve`; repeat, or comma-separated, for several agents). "
+                             "Without it the fingerprint seen first is remembered and a change is refused")
+    parser.add_argument("--insecure", action="store_true",
+                        help="send the token over plain http:// to an agent beyond loopback (it crosses the "
+                             "network in clear text)")
+
+
+def agent_trust(args: argparse.Namespace):
+    """The ``toolkit.remote.Trust`` of ``agent_trust_options``."""
+    from ..remote import Trust
+
+    return Trust.from_options(",".join(args.agent_fingerprint), args.insecure)

@@ -9,6 +9,8 @@ import os
 from device.cli import TOKEN_ENV, batch_sizes
 from device.console import non_negative_int, positive_float, positive_int
 
+from . import agent_trust, agent_trust_options
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -23,6 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to time on as well (repeat, or comma-separated)")
     p.add_argument("--token", default=None, help=f"bearer token of the agents (default: ${TOKEN_ENV})")
+    agent_trust_options(p)
     p.add_argument("--no-host", action="store_true", help="time on the agents only")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="interpreter threads everywhere (default: each machine's own configuration)")
@@ -48,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     spec = BenchSpec(rounds=args.rounds, warmup=args.warmup, batch_sizes=args.batch, threads=args.threads,
                      max_seconds=args.max_seconds)
     results = bench_everywhere(args.files, spec, agents, args.token or os.environ.get(TOKEN_ENV),
-                               host=not args.no_host, threads=args.threads)
+                               host=not args.no_host, threads=args.threads, trust=agent_trust(args))
     print(json.dumps(results, indent=2) if args.json else table(results))
     return 0

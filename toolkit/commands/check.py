@@ -9,7 +9,7 @@ import os
 from device.cli import TOKEN_ENV
 from device.console import non_negative_int, positive_int
 
-from . import writes_folder
+from . import agent_trust, agent_trust_options, writes_folder
 
 
 def add_parser(subparsers) -> None:
@@ -46,6 +46,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to check on as well (repeat, or comma-separated)")
     p.add_argument("--token", default=None, help=f"bearer token of the agents (default: ${TOKEN_ENV})")
+    agent_trust_options(p)
     p.add_argument("--sample", type=positive_int, default=32,
                    help="faces used for the tap comparison (default 32)")
     p.add_argument("--feature-images", type=positive_int, default=1,
@@ -114,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_check(
         args.model, args.out, recipe=None if args.quantized else recipe_from_args(args), data=args.data,
         identities=args.identities, thresholds=args.thresholds, agents=agents,
-        token=args.token or os.environ.get(TOKEN_ENV), quantized=args.quantized, options=options,
-        search=args.search, progress=not args.json, align=args.align, price_on=args.price_on)
+        token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args), quantized=args.quantized,
+        options=options, search=args.search, progress=not args.json, align=args.align, price_on=args.price_on)
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))

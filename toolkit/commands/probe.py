@@ -9,7 +9,7 @@ from pathlib import Path
 
 from device.console import non_negative_float, non_negative_int, positive_float, positive_int
 
-from . import writes_folder
+from . import agent_trust, agent_trust_options, writes_folder
 
 
 def _ints(text: str) -> list[int]:
@@ -77,6 +77,7 @@ def add_parser(subparsers) -> None:
                    "differences and compare each with the host's autodiff; needs --tflite and a --subspace")
     p.add_argument("--tflite", help="the probe model (.probe.tflite from `faceprobe export`) the agents run")
     p.add_argument("--token", help="bearer token of the agents (default: $FACEPROBE_AGENT_TOKEN)")
+    agent_trust_options(p)
     p.add_argument("--save-plan", metavar="PLAN.json", help="also write the plan used here")
     p.add_argument("--out", help="output directory (required unless --invariance)")
     p.add_argument("--invariance", action="store_true",
@@ -171,7 +172,8 @@ def _boards(args, plan, host_result) -> dict:
     from ..probe.compare import compare_ascents
     from ..remote import probe_remote
 
-    results = probe_remote(args.agent, args.tflite, plan, token=args.token or os.environ.get(TOKEN_ENV))
+    results = probe_remote(args.agent, args.tflite, plan, token=args.token or os.environ.get(TOKEN_ENV),
+                           trust=agent_trust(args))
     out = {}
     for url, board in results.items():
         folder = Path(args.out) / "boards" / re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://")[-1])
