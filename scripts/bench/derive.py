@@ -47,6 +47,7 @@ def _args(argv):
         help="input size of the fast operating point (default 112 for dlib's port; none for --teacher)",
     )
     p.add_argument("--fast-minutes", type=float, help="bound on the fast point's fine-tuning")
+    p.add_argument("--no-fast", action="store_true", help="skip the fast operating point")
     p.add_argument(
         "--part",
         choices=("all", "main", "fast"),
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print("training and evaluation identities overlap", file=sys.stderr)
         return 2
 
-    fast_size = args.fast_size or (None if args.teacher else 112)
+    fast_size = None if args.no_fast else args.fast_size or (None if args.teacher else 112)
     if args.part in ("all", "main"):
         result = _derive(teacher_path, out / "run", cfg, args, train_ids, align, log)
     fast = None
