@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     files = [t_int8, s_int8] + (
         [_int8(fast.model_path, calib, out / "fast-export", fast_size)] if fast else []
     )
-    t_ms, s_ms, *f_ms = latency_ms_any(files, 5 if args.quick else 200)
+    from device.bench import latency_ms  # each file on its own input size, timed round by round
+
+    t_ms, s_ms, *f_ms = latency_ms(files, 5 if args.quick else 200)
     report = {
         "params": result.params,
         "macs": result.macs,
@@ -279,29 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in report.items():
             print(f"{key:32s} {value}")
     return 0
-
-
-def latency_ms_any(files, repeats):
-    """Batch-1 latency of tflite files that may take different input sizes, timed round by round."""
-    import time
-
-    from device.runtime import Runtime
-
-    runtimes = [Runtime(f, threads=1) for f in files]
-    # Real faces' range, not zeros: a uniform image in the normalised range.
-    xs = [
-        np.random.default_rng(0).uniform(-1, 1, (1, *rt.manifest["input"]["shape"][1:])).astype(np.float32)
-        for rt in runtimes
-    ]
-    times = [[] for _ in runtimes]
-    for rt, x in zip(runtimes, xs, strict=True):
-        rt.run(x)
-    for _ in range(repeats):
-        for rt, x, t in zip(runtimes, xs, times, strict=True):
-            t0 = time.perf_counter()
-            rt.run(x)
-            t.append(time.perf_counter() - t0)
-    return [min(t) * 1000 for t in times]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from device import tasks
+from device.bench import BenchSpec
 from device.plan import ProbePlan, ProbeResult
 from device.runtime import Runtime
 
@@ -42,6 +43,7 @@ class LocalBoard:
         self.deploy = Runtime(deploy_tflite, threads=threads, kernels=kernels)
         self.runtime = Runtime(probe_tflite, threads=threads, kernels=kernels)
         self.name = "host"
+        self.deploy_path, self.threads, self.kernels = Path(deploy_tflite), threads, kernels
 
     def info(self) -> dict:
         return {"deploy": runtime_config(self.deploy.info()), "probe": runtime_config(self.runtime.info())}
@@ -57,6 +59,12 @@ class LocalBoard:
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         return tasks.run(self.runtime, plan, "ascent")
 
+    def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
+        """``files`` timed interleaved here, in sandbox children with this board's threads and kernels."""
+        from ..speed import bench_host
+
+        return bench_host(files, spec, self.threads, self.kernels, images)
+
 
 class RemoteBoard:
     """A board agent (`faceprobe-agent serve`) holding the deploy and the probe file."""
@@ -67,6 +75,7 @@ class RemoteBoard:
 
         self.client = AgentClient(url, token, trust=trust)
         self.name = self.client.url
+        self.deploy_path = Path(deploy_tflite)
         self.deploy_id = self.client.push(Path(deploy_tflite))
         self.model_id = self.client.push(Path(probe_tflite))
         self._health = self.client.health()
@@ -94,3 +103,9 @@ class RemoteBoard:
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         return self._run("probe", self.model_id, plan, "ascent")
+
+    def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
+        """``files`` timed interleaved by the agent's bench job, in its own configuration."""
+        from ..speed import bench_agent
+
+        return bench_agent(self.client, files, spec, images)

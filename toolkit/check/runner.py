@@ -18,6 +18,7 @@ from .. import atomic
 from ..data import FaceSet, load_identity_folders, make_pairs, normalize, synthesize
 from ..evaluate import embed
 from ..export import Recipe, check_source, export_keras, file_name
+from ..export.prefixes import export_prefixes
 from ..modelfile import load_face_model
 from ..report.check_page import render_check
 from .boards import LocalBoard, RemoteBoard
@@ -25,12 +26,14 @@ from .gate import load_thresholds
 from .judging import CheckData, CheckOptions, check_board
 from .levels import feature_reference, identity_level, tap_scales
 from .search import search_recipes
+from .speed import HOST, IMAGES, Pricer, add_speed
 
 if TYPE_CHECKING:
     from ..remote import Trust
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
 SEARCH_MODES = ("on-fail", "always", "never")
+SPEED_SUMMARY = ("latency_ms", "float32_latency_ms", "speedup_b1")
 
 
 def load_faces(data: str | os.PathLike | None, size: int, out: Path,
@@ -124,6 +127,7 @@ def run_check(
     search: str = "on-fail",
     progress: bool = True,
     align: bool = False,
+    price_on: str | None = None,
 ) -> dict:
     """Run the check and write report.json (+ figures and report.html) into ``out_dir``; returns the report,
     whose ``verdict`` is "pass", "fail" or "inconclusive" (the float model cannot verify the faces).
@@ -132,7 +136,8 @@ def run_check(
     its calibration names). ``quantized``: an exported deploy ``.tflite`` of this model to check instead
     (its probe file beside it; its manifest's recipe is what the search starts from). ``search``:
     "on-fail" (default), "always" or "never" run the fix search ("exhaustive": every candidate, for the
-    full table). Raises ProvenanceError when
+    full table). ``price_on``: "host" or an agent URL where the search prices recipes (default: the first
+    agent, else the host). Raises ProvenanceError when
     ``quantized`` was exported from another model.
     """
     if search not in SEARCH_MODES + ("exhaustive",):
@@ -144,6 +149,8 @@ def run_check(
                          "int16x8")
     out = check_out_dir(out_dir)
     thresholds_used = load_thresholds(thresholds)
+    # An unreachable pricing board fails here, before the check's long work.
+    pricer = Pricer(price_on or (agents[0] if agents else HOST), token, trust)
     model, meta = load_face_model(model_path)
     taken = None
     if quantized is not None:
@@ -191,6 +198,9 @@ def run_check(
     if taken:
         exported[recipe.variant] = taken
     variant_files = exported[recipe.variant]
+    # Cut after each stage's last tap: each board prices its stages with them.
+    prefixes = export_prefixes(model, meta, recipe, out / "export" / "prefixes", calib_faces,
+                               Path(model_path))
     bar.update()
 
     scales = tap_scales(load_manifest(manifest_path_for(variant_files["probe"])))
@@ -200,13 +210,16 @@ def run_check(
     reference = (feature_reference(model, float_board, feat_imgs, opts.subspace_size, opts.steps)
                  if opts.features else None)
     bar.set_postfix_str("host")
-    host_board = LocalBoard(variant_files["deploy"], variant_files["probe"])
-    boards = [check_board(model, host_board, check_data, scales, thresholds_used, reference)]
+    placed = [LocalBoard(variant_files["deploy"], variant_files["probe"])]
+    boards = [check_board(model, placed[0], check_data, scales, thresholds_used, reference)]
     bar.update()
     bar.set_postfix_str("boards")
     for url in agents:
-        remote = RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token, trust)
-        boards.append(check_board(model, remote, check_data, scales, thresholds_used, reference))
+        placed.append(RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token, trust))
+        boards.append(check_board(model, placed[-1], check_data, scales, thresholds_used, reference))
+    bar.set_postfix_str("speed")
+    slower = add_speed(placed, boards, exported["float32"]["deploy"], prefixes, images, thresholds_used,
+                       recipe.variant)
     bar.update()
 
     passed = all(b["passed"] for b in boards)
@@ -217,8 +230,9 @@ def run_check(
         checked = {"files": variant_files, "drop_pp": host["identities"]["accuracy_drop_pp"],
                    "drop_se_pp": host["identities"]["accuracy_drop_se_pp"],
                    "localisation": host["localisation"], "passed": passed}
+        pricer.images = images[:IMAGES]
         found = search_recipes(model, meta, Path(model_path), recipe, checked, check_data, calib_faces,
-                               thresholds_used, out / "search", exported["float32"]["deploy"],
+                               thresholds_used, out / "search", exported["float32"]["deploy"], pricer,
                                exhaustive=search == "exhaustive")
     bar.update()
     verdict = "pass" if passed else "fail"
@@ -240,9 +254,12 @@ def run_check(
             "failed_checks": sorted({f"{b['name']}:{v['name']}" for b in boards for v in b["verdicts"]
                                      if not v["passed"]}),
             "boards": [b["name"] for b in boards],
+            "speed": {b["name"]: {k: b["speed"][k] for k in SPEED_SUMMARY} for b in boards},
+            "speed_warnings": slower,
             "search": None if found is None else {"best": found["best_label"],
                                                   "recipe_file": found["recipe_file"],
-                                                  "tried": len(found["rows"]) - 1},
+                                                  "tried": len(found["rows"]) - 1,
+                                                  "priced_on": found["priced_on"]},
         },
         "exported": {v: {r: str(p) for r, p in roles.items()} for v, roles in exported.items()},
         "boards": [_public(b) for b in boards],

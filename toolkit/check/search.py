@@ -8,7 +8,9 @@ than float ones, as XNNPACK's are on x86, it is also the fastest int8; see docs/
 blocks the localisation names kept in float (one, then two, then three), int16 activations everywhere,
 float16.
 Each candidate is judged on the host at the tap and identity levels (the feature level is the slowest;
-check the chosen recipe again for it) and priced in deploy size and batch-1 latency against float32.
+check the chosen recipe again for it) and priced in deploy size and batch-1 latency against float32,
+timed on the board the search is told to price on (``--price-on``: int8 kernels that are slow on x86
+can be fast on ARM).
 LiteRT's 16x8 quantizer takes no per-block exceptions, so int16 for only the localised blocks is not a
 candidate.
 """
@@ -25,8 +27,9 @@ from device.manifest import load_manifest, manifest_path_for
 
 from ..export import Recipe, export_keras
 from .boards import LocalBoard
-from .judging import CheckData, check_board, latency_ms
+from .judging import CheckData, check_board
 from .levels import tap_scales
+from .speed import Pricer
 
 MAX_KEEP_FLOAT = 3
 
@@ -75,13 +78,13 @@ def judge_recipe(model, meta: dict, model_path: Path, recipe: Recipe, data: Chec
             "drop_se_pp": judged["identities"]["accuracy_drop_se_pp"]}
 
 
-def price(files: dict, float32_deploy: Path, shape: tuple[int, ...]) -> dict:
-    """Deploy size and batch-1 latency as fractions of the float32 deploy file's, timed side by side."""
+def price(files: dict, float32_deploy: Path, pricer: Pricer) -> dict:
+    """Deploy size and batch-1 latency against the float32 deploy file's, timed side by side where
+    ``pricer`` measures (the host or a board)."""
     deploy = Path(files["deploy"])
-    ms, reference_ms = latency_ms([deploy, Path(float32_deploy)], shape)
     return {"bytes": deploy.stat().st_size,
             "size_ratio": deploy.stat().st_size / Path(float32_deploy).stat().st_size,
-            "latency_ms": ms, "float32_latency_ms": reference_ms, "speedup_b1": reference_ms / ms}
+            **pricer(deploy, Path(float32_deploy))}
 
 
 def pareto(rows: list[dict]) -> None:
@@ -97,13 +100,12 @@ def pareto(rows: list[dict]) -> None:
 
 def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: dict, data: CheckData,
                    calibration: np.ndarray, thresholds: dict, out: Path, float32_deploy: Path,
-                   exhaustive: bool = False) -> dict:
+                   pricer: Pricer, exhaustive: bool = False) -> dict:
     """Try the candidates in order until one passes (``exhaustive``: try them all, for the full table);
-    returns the table (the base recipe first), the best recipe (the first that passes; None when none
-    does) and where it was written (``out/recipe.toml``)."""
-    shape = tuple(meta["input_shape"])
+    returns the table (the base recipe first) priced where ``pricer`` measures, the best recipe (the
+    first that passes; None when none does) and where it was written (``out/recipe.toml``)."""
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
-             **price(base_row["files"], float32_deploy, shape), "drop_pp": base_row["drop_pp"],
+             **price(base_row["files"], float32_deploy, pricer), "drop_pp": base_row["drop_pp"],
              "drop_se_pp": base_row["drop_se_pp"], "passed": base_row["passed"]}]
     best = base if base_row["passed"] else None
     depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
@@ -113,7 +115,7 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
         judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
                               out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
-                     **price(judged["files"], float32_deploy, shape), "drop_pp": judged["drop_pp"],
+                     **price(judged["files"], float32_deploy, pricer), "drop_pp": judged["drop_pp"],
                      "drop_se_pp": judged["drop_se_pp"], "passed": judged["passed"],
                      "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
                      "files": {k: str(v) for k, v in judged["files"].items()}})
@@ -125,4 +127,4 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
     written = str(best.save(out / "recipe.toml")) if best else None
     return {"rows": rows, "best": None if best is None else best.to_dict(),
             "best_label": None if best is None else best.label(), "recipe_file": written,
-            "judged_at": ["taps", "identities"]}
+            "judged_at": ["taps", "identities"], "priced_on": pricer.name}
