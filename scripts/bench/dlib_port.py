@@ -63,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from device.runtime import Runtime
-    from toolkit.data import load_identity_folders, make_pairs, normalize
+    from toolkit.data import load_identity_folders, make_pairs, normalize, parse_identities
     from toolkit.evaluate import pair_scores, verification_metrics
     from toolkit.export import export_keras
-    from toolkit.training.config import parse_identities
     from toolkit.zoo.dlib_resnet import dlib_resnet
     from toolkit.zoo.dlib_verify import cosines, dlib_descriptors, port_descriptors
 

@@ -38,14 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
-    from toolkit.data import load_identity_folders, make_pairs
+    from toolkit.data import load_identity_folders, make_pairs, parse_identities
     from toolkit.evaluate import evaluate_model, format_table
     from toolkit.modelfile import load_face_model
-    from toolkit.train import load_recipe, train
-    from toolkit.training.config import parse_identities, parse_set
+    from toolkit.train import load_train_config, train
+    from toolkit.training.config import parse_set
 
     overrides = parse_set(args.set)
-    config = load_recipe(args.recipe).with_overrides(epochs=args.epochs, data=args.data, **overrides)
+    config = load_train_config(args.recipe).with_overrides(epochs=args.epochs, data=args.data, **overrides)
     fs = load_identity_folders(args.data, image_size=config.input_size, progress=not args.json)
     train_fs = fs.select(parse_identities(args.train_identities))
     eval_fs = fs.select(parse_identities(args.eval_identities))

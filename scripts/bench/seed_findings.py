@@ -86,15 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--seeds, --n-images and --per-person must be >= 2, --probe-every and "
                          "--emergence-epochs >= 1")
 
-    from toolkit.data import load_identity_folders, normalize
+    from toolkit.data import load_identity_folders, normalize, parse_identities
     from toolkit.modelfile import load_face_model
     from toolkit.probe.findings import frequency_finding
     from toolkit.probe.invariance import invariance_finding
-    from toolkit.train import load_recipe, train
-    from toolkit.training.config import parse_identities
+    from toolkit.train import load_train_config, train
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    config = load_recipe(args.recipe).with_overrides(data=args.data)
+    config = load_train_config(args.recipe).with_overrides(data=args.data)
     fs = load_identity_folders(args.data, image_size=config.input_size, progress=not args.json)
     train_fs = fs.select(parse_identities(args.train_identities))
     eval_fs = fs.select(parse_identities(args.eval_identities))

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.data import FaceSet
     from toolkit.training.config import parse_set
 
-    config = trainer.load_recipe(args.recipe).with_overrides(epochs=args.epochs, **parse_set(args.set))
+    config = trainer.load_train_config(args.recipe).with_overrides(epochs=args.epochs, **parse_set(args.set))
     rng = np.random.default_rng(0)
     size = config.input_size
     labels = np.arange(args.images) % args.identities

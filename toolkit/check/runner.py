@@ -36,12 +36,9 @@ def load_faces(data: str | os.PathLike | None, size: int, out: Path,
     if data is not None:
         if not Path(data).is_dir():
             raise FileNotFoundError(f"no folder of faces at {data}: pass a folder of identity folders")
-        faces = load_identity_folders(data, image_size=size, progress=False, align=align)
-        if identities:
-            from ..training.config import parse_identities
-
-            return faces.select(parse_identities(identities)), f"{data} ({identities})"
-        return faces, str(data)
+        faces = load_identity_folders(data, image_size=size, progress=False, align=align,
+                                      identities=identities or None)
+        return faces, f"{data} ({identities})" if identities else str(data)
     folder = synthesize(out / "faces", identities=12, images_per_identity=6, size=size, seed=1,
                         progress=False)
     return load_identity_folders(folder, image_size=size, progress=False), "synthetic (12 x 6, seed 1)"

@@ -99,13 +99,11 @@ def add_parser(subparsers) -> None:
 def _invariance(args, model, size: int) -> dict:
     from ..data import load_identity_folders, normalize
     from ..probe.invariance import invariance_finding, stage_invariance
-    from ..training.config import parse_identities
 
     if not args.data:
         raise ValueError("--invariance needs --data DIR, a dataset of identity folders (several photos each)")
-    fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json)
-    if args.identities:
-        fs = fs.select(parse_identities(args.identities))
+    fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json,
+                               identities=args.identities or None)
     settings = {"per_tap": args.per_stage, "rule": args.channel_rule, "steps": args.steps,
                 "step_size": args.step_size, "step_rule": args.step_rule,
                 "objective": {"kind": args.objective, "position": args.position}}

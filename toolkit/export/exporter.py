@@ -66,12 +66,8 @@ def calibration_faces(recipe: Recipe, size: int, supplied: np.ndarray | str | os
             if not Path(source).is_dir():
                 raise FileNotFoundError(f"no calibration folder at {source}: pass a folder of identity "
                                         "folders of training faces")
-            faces = load_identity_folders(source, image_size=size, progress=False)
-            if cal.identities:
-                from ..training.config import parse_identities
-
-                faces = faces.select(parse_identities(cal.identities))
-            loaded[key] = faces.images
+            loaded[key] = load_identity_folders(source, image_size=size, progress=False,
+                                                identities=cal.identities).images
         source = loaded[key]
     return calibration_sample(source, size, cal.count, cal.seed)
 
