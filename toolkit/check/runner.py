@@ -16,7 +16,7 @@ from device.manifest import load_manifest, manifest_path_for
 from .. import atomic
 from ..data import FaceSet, load_identity_folders, make_pairs, normalize, synthesize
 from ..evaluate import embed
-from ..export import Recipe, check_source, export_keras, file_name
+from ..export import Recipe, export_keras, file_name, validate_source
 from ..modelfile import load_face_model
 from ..report.check_page import render_check
 from .boards import LocalBoard, RemoteBoard
@@ -68,7 +68,7 @@ def taken_recipe(files: dict[str, Path]) -> Recipe | None:
     return Recipe.from_dict(recorded, f"recipe in {files['deploy']}'s manifest") if recorded else None
 
 
-def check_out_dir(out_dir: str | os.PathLike) -> Path:
+def validate_out_dir(out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; name a folder for the report (it is created if missing)")
@@ -134,14 +134,14 @@ def run_check(
     if recipe.variant == "float32":
         raise ValueError("variant float32 is the reference itself; check float16, dynamic_int8, int8 or "
                          "int16x8")
-    out = check_out_dir(out_dir)
+    out = validate_out_dir(out_dir)
     thresholds_used = load_thresholds(thresholds)
     model, meta = load_face_model(model_path)
     taken = None
     if quantized is not None:
         variant, taken = taken_variant(quantized)
         for role, path in taken.items():
-            check_source(load_manifest(manifest_path_for(path)), model, model_path,
+            validate_source(load_manifest(manifest_path_for(path)), model, model_path,
                          f"--quantized {role} file {path}")
         recipe = taken_recipe(taken) or Recipe(variant)
     bar = tqdm(total=5, desc="check", disable=not progress, unit="stage")

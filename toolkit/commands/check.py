@@ -97,9 +97,9 @@ def recipe_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..check.judging import CheckOptions
     from ..check.runner import run_check
-    from ..modelfile import check_model_file
+    from ..modelfile import validate_model_file
 
-    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
+    validate_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
     if args.quantized and (args.recipe or args.variant or args.keep_float or args.float_ops):
         raise ValueError("--quantized checks a file already exported; drop --recipe/--variant/--keep-float/"

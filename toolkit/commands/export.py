@@ -80,9 +80,9 @@ def recipes_from_args(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> int:
     from device.manifest import load_manifest, manifest_path_for
 
-    from ..modelfile import check_model_file
+    from ..modelfile import validate_model_file
 
-    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
+    validate_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
     from ..check.judging import latency_ms
     from ..export import ExportVerificationError, export_model

@@ -22,7 +22,7 @@ from .ranges import percentile_ranges
 from .recipe import VARIANTS, Recipe, as_recipe
 
 
-def check_recipes(items: Sequence[str | Recipe]) -> list[Recipe]:
+def validate_recipes(items: Sequence[str | Recipe]) -> list[Recipe]:
     """Recipes (a bare variant name is its default recipe), one per variant, in the given order."""
     out: dict[str, Recipe] = {}
     for item in items:

@@ -20,7 +20,7 @@ from ..data.normalize import normalize, valid_range
 from ..modelfile import load_face_model
 from ..zoo import get_tap, list_taps, tap_key, tap_model
 from .calibration import calibration_sample
-from .convert import check_recipes, convert, export_saved_model, keep_float_denylist
+from .convert import convert, export_saved_model, keep_float_denylist, validate_recipes
 from .graph import describe_io, float_tensor_names, integer_ops, xnnpack_int8_taps
 from .provenance import source_entry
 from .recipe import Recipe
@@ -82,7 +82,7 @@ def export_keras(
     progress: bool = False,
 ) -> dict[str, dict[str, Path]]:
     """`export_model` for an in-memory model and its metadata (as `load_face_model` returns them)."""
-    recipes = check_recipes(variants)
+    recipes = validate_recipes(variants)
     for recipe in recipes:
         for tap in recipe.precision:
             try:
