@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,12 @@ def lagging_batchnorm(model_path: Path, out: Path) -> Path:
 def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
     """Plain int8 if the check (taps and identities) passes it, else the first int8 recipe its search
     finds passing: on a model whose int8 drop sits at the threshold no int8 is sound a priori."""
-    from dataclasses import replace
-
     from toolkit.check.runner import run_check
     from toolkit.export import Calibration, Recipe
 
     plain = Recipe("int8", calibration=Calibration(images=args.data, identities=args.calibration_identities))
-    report = run_check(model_path, out, recipe=plain, data=args.data, identities=args.check_identities,
-                       options=replace(opts, features=False), search="on-fail", progress=False)
+    report = run_check(model_path, out, recipe=plain, options=replace(opts, features=False, search="on-fail"),
+                       progress=False)
     if report["passed"]:
         return plain
     rows = (report.get("search") or {}).get("rows", [])
@@ -78,6 +77,7 @@ def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
 
 
 def levels(board: dict) -> list[str]:
+    """The levels at which a board's entry in report.json failed."""
     return sorted({v["level"] for v in board["verdicts"] if not v["passed"]})
 
 
@@ -106,18 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).is_dir():
         raise SystemExit(f"check_matrix: no face folders at {args.data}; pass --data DIR")
 
-    from device.manifest import load_manifest, manifest_path_for
+    from toolkit.check import CheckOptions, load_thresholds, run_check
     from toolkit.check.boards import LocalBoard
     from toolkit.check.damage import damaged_copy
-    from toolkit.check.gate import load_thresholds
-    from toolkit.check.judging import CheckOptions, check_board
-    from toolkit.check.levels import feature_reference, tap_scales
-    from toolkit.check.runner import float_verification, load_faces, prepare_data, run_check
+    from toolkit.check.runner import float_verification, load_faces, prepare_data
+    from toolkit.check.session import CheckSession
     from toolkit.export import Calibration, Recipe, export_keras, load_recipe
     from toolkit.modelfile import load_face_model
     from toolkit.zoo import list_taps
 
-    opts = CheckOptions(sample=args.sample, steps=args.steps)
+    opts = CheckOptions(data=args.data, identities=args.check_identities, sample=args.sample,
+                        steps=args.steps)
     thresholds = load_thresholds()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
@@ -150,15 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                   damaged_copy(model, sound, middle, out / "bits4", "weights", 4)),
                  (f"int8, {middle} range clipped to a tenth", "fail",
                   damaged_copy(model, sound, middle, out / "clip", "range", 0.1))]
-        exported = {"float32": cases[0][2]}
-        float_board = LocalBoard(exported["float32"]["deploy"], exported["float32"]["probe"])
-        reference = feature_reference(model, float_board, data.images[data.sample[:opts.feature_images]],
-                                      opts.subspace_size, opts.steps)
+        session = CheckSession(model, meta, model_path, data, thresholds, calib, cases[0][2], out)
+        reference = session.feature_reference(opts)
         lagged = run_check(lagging_batchnorm(model_path, out / "bn-lag"), out / "bn-lag-check",
                            recipe=Recipe("int8", calibration=Calibration(
                                images=args.data, identities=args.calibration_identities)),
-                           data=args.data, identities=args.check_identities, options=opts, search="never",
-                           progress=False)
+                           options=replace(opts, search="never"), progress=False)
         host = lagged["boards"][0] if lagged["verdict"] != "inconclusive" else None
         lag_row = {"name": "int8 of a model with lagging batch-norm statistics", "expected": "fail",
                    "verdict": lagged["verdict"], "levels_caught": levels(host) if host else [],
@@ -166,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                    "float_verification_accuracy": lagged["data"]["float_verification_accuracy"]}
         rows = []
         for name, expected, files in cases:
-            scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
-            board = check_board(model, LocalBoard(files["deploy"], files["probe"]), data, scales, thresholds,
-                                reference)
+            board = session.judge(LocalBoard(files["deploy"], files["probe"]), files, reference).to_json()
             rows.append({"name": name, "expected": expected, "verdict": "pass" if board["passed"] else "fail",
                          "levels_caught": levels(board),
                          "accuracy_drop_pp": board["identities"]["accuracy_drop_pp"],

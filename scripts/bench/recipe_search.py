@@ -48,18 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
-    from toolkit.check.judging import CheckOptions
-    from toolkit.check.runner import run_check
+    from toolkit.check import CheckOptions, run_check
     from toolkit.export import Calibration, Recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         model = Path(args.model) if args.model else train_orl(args.data, out / "train")
         calibration = Calibration(images=args.data, identities=args.calibration_identities)
+        options = CheckOptions(data=args.data, identities=args.check_identities, sample=args.sample,
+                               features=False, search="exhaustive" if args.all else "always")
         report = run_check(model, out / "check", recipe=Recipe("int8", calibration=calibration),
-                           data=args.data, identities=args.check_identities,
-                           options=CheckOptions(sample=args.sample, features=False),
-                           search="exhaustive" if args.all else "always", progress=not args.json)
+                           options=options, progress=not args.json)
     if report["verdict"] == "inconclusive":
         raise SystemExit(f"recipe_search: {report['reason']}")
     found = report["search"]

@@ -15,18 +15,15 @@ candidate.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from device.manifest import load_manifest, manifest_path_for
-
-from ..export import Recipe, export_keras
+from ..export import Recipe
 from .boards import LocalBoard
-from .judging import CheckData, check_board, latency_ms
-from .levels import tap_scales
+from .judging import BoardResult, latency_ms
+from .session import CheckSession
 
 MAX_KEEP_FLOAT = 3
 
@@ -64,15 +61,21 @@ def candidates(base: Recipe, localisation: dict, calibration_faces: int,
     return unique
 
 
-def judge_recipe(model, meta: dict, model_path: Path, recipe: Recipe, data: CheckData,
-                 calibration: np.ndarray, thresholds: dict, out: Path) -> dict:
-    """Export ``recipe``, judge it on the host at the tap and identity levels; the files and verdicts."""
-    files = export_keras(model, meta, out, [recipe], calibration=calibration,
-                         source=model_path)[recipe.variant]
-    scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
-    judged = check_board(model, LocalBoard(files["deploy"], files["probe"]), data, scales, thresholds, None)
-    return {**judged, "files": files, "drop_pp": judged["identities"]["accuracy_drop_pp"],
-            "drop_se_pp": judged["identities"]["accuracy_drop_se_pp"]}
+@dataclass(frozen=True)
+class JudgedRecipe:
+    """A recipe, its exported files and its host result; ``passed``: on every board it was judged on."""
+
+    recipe: Recipe
+    files: dict[str, Path]
+    host: BoardResult
+    passed: bool
+
+
+def judge_recipe(session: CheckSession, recipe: Recipe, out: Path) -> JudgedRecipe:
+    """Export ``recipe`` into ``out`` and judge it on the host at the tap and identity levels."""
+    files = session.export([recipe], out)[recipe.variant]
+    host = session.judge(LocalBoard(files["deploy"], files["probe"]), files)
+    return JudgedRecipe(recipe, files, host, host.passed)
 
 
 def price(files: dict, float32_deploy: Path, shape: tuple[int, ...]) -> dict:
@@ -95,29 +98,28 @@ def pareto(rows: list[dict]) -> None:
                               for o in rows if o is not r)
 
 
-def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: dict, data: CheckData,
-                   calibration: np.ndarray, thresholds: dict, out: Path, float32_deploy: Path,
-                   exhaustive: bool = False) -> dict:
-    """Try the candidates in order until one passes (``exhaustive``: try them all, for the full table);
-    returns the table (the base recipe first), the best recipe (the first that passes; None when none
-    does) and where it was written (``out/recipe.toml``)."""
-    shape = tuple(meta["input_shape"])
+def search_recipes(session: CheckSession, checked: JudgedRecipe, exhaustive: bool = False) -> dict:
+    """Try the candidates after ``checked`` in order until one passes (``exhaustive``: try them all, for the
+    full table), each exported under ``session.out / "search"``; returns the table (the checked recipe
+    first), the best recipe (the first that passes; None when none does) and where it was written
+    (``search/recipe.toml``)."""
+    out, base = session.out / "search", checked.recipe
+    shape = tuple(session.meta["input_shape"])
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
-             **price(base_row["files"], float32_deploy, shape), "drop_pp": base_row["drop_pp"],
-             "drop_se_pp": base_row["drop_se_pp"], "passed": base_row["passed"]}]
-    best = base if base_row["passed"] else None
-    depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
-    tried = (candidates(base, base_row["localisation"], len(calibration), depthwise)
+             **price(checked.files, session.float32["deploy"], shape), "drop_pp": checked.host.drop_pp,
+             "drop_se_pp": checked.host.drop_se_pp, "passed": checked.passed}]
+    best = base if checked.passed else None
+    depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in session.model.layers)
+    tried = (candidates(base, checked.host.localisation, len(session.calibration), depthwise)
              if exhaustive or best is None else [])
     for i, (name, recipe) in enumerate(tried, 1):
-        judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
-                              out / f"{i:02d}-{recipe.variant}")
+        judged = judge_recipe(session, recipe, out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
-                     **price(judged["files"], float32_deploy, shape), "drop_pp": judged["drop_pp"],
-                     "drop_se_pp": judged["drop_se_pp"], "passed": judged["passed"],
-                     "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
-                     "files": {k: str(v) for k, v in judged["files"].items()}})
-        if judged["passed"] and best is None:
+                     **price(judged.files, session.float32["deploy"], shape), "drop_pp": judged.host.drop_pp,
+                     "drop_se_pp": judged.host.drop_se_pp, "passed": judged.passed,
+                     "failed_checks": judged.host.failed_checks,
+                     "files": {k: str(v) for k, v in judged.files.items()}})
+        if judged.passed and best is None:
             best = recipe
             if not exhaustive:
                 break

@@ -9,7 +9,7 @@ import os
 from device.cli import TOKEN_ENV
 from device.console import non_negative_int, positive_int
 
-from . import writes_folder
+from . import flags, writes_folder
 
 
 def add_parser(subparsers) -> None:
@@ -95,8 +95,7 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..check.judging import CheckOptions
-    from ..check.runner import run_check
+    from ..check import CheckOptions, exit_code, run_check
     from ..modelfile import validate_model_file
 
     validate_model_file(args.model)  # a wrong file is named before TensorFlow loads
@@ -105,14 +104,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--quantized checks a file already exported; drop --recipe/--variant/--keep-float/"
                          "--float-ops "
                          "(its manifest records the recipe that made it)")
-    options = CheckOptions(sample=args.sample, feature_images=args.feature_images,
-                           features=not args.no_features, subspace_size=args.feature_subspace, seed=args.seed)
-    agents = [u.strip() for a in args.agent for u in a.split(",") if u.strip()]
-    report = run_check(
-        args.model, args.out, recipe=None if args.quantized else recipe_from_args(args), data=args.data,
-        identities=args.identities, thresholds=args.thresholds, agents=agents,
-        token=args.token or os.environ.get(TOKEN_ENV), quantized=args.quantized, options=options,
-        search=args.search, progress=not args.json, align=args.align)
+    with flags(FLAGS):
+        options = CheckOptions(data=args.data, identities=args.identities, align=args.align,
+                               thresholds=args.thresholds, agents=args.agent,
+                               token=args.token or os.environ.get(TOKEN_ENV), search=args.search,
+                               sample=args.sample, feature_images=args.feature_images,
+                               features=not args.no_features, subspace_size=args.feature_subspace,
+                               seed=args.seed)
+        report = run_check(args.model, args.out, recipe=None if args.quantized else recipe_from_args(args),
+                           quantized=args.quantized, options=options, progress=not args.json)
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -120,10 +120,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"CANNOT JUDGE: {summary['reason']}")
     else:
         print_summary(report, args.out)
-    return EXIT[report["verdict"]]
+    return exit_code(report)
 
 
-EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
+# run_check's parameters whose flag is not "--" + the name.
+FLAGS = {"out_dir": "--out", "subspace_size": "--feature-subspace", "agents": "--agent"}
 
 
 def print_summary(report: dict, out: str) -> None:

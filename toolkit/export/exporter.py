@@ -18,6 +18,7 @@ from device.manifest import MANIFEST_SCHEMA, load_manifest, manifest_path_for, s
 from .. import atomic
 from ..data.normalize import normalize, valid_range
 from ..modelfile import load_face_model
+from ..params import ParameterError
 from ..zoo import get_tap, list_taps, tap_key, tap_model
 from .calibration import calibration_sample
 from .convert import convert, export_saved_model, keep_float_denylist, validate_recipes
@@ -97,8 +98,8 @@ def export_keras(
         if recipe.calibrated:
             sample = calibration_faces(recipe, size, calibration, loaded)
             if sample is None:
-                raise ValueError(f"{recipe.variant} needs calibration images: pass --calibration DIR (a "
-                                 "folder of identity folders of training faces)")
+                raise ParameterError("calibration", f"{recipe.variant} needs calibration images: pass "
+                                                    "{name} (a folder of identity folders of training faces)")
             samples[recipe.variant] = normalize(sample, norm)
     first = next(iter(samples.values()), None)
     images = first[:VERIFY_IMAGES] if first is not None else _noise_images(model, norm, 0)
@@ -109,7 +110,7 @@ def export_keras(
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; name a folder (it is created if missing)")
+        raise ParameterError("out_dir", f"{{name}} {out} is a file; name a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
