@@ -83,8 +83,13 @@ def time_side_by_side(models: list[tuple[bytes, bool]], shape: tuple[int, ...], 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=200, help="timed invokes per model (best kept)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: a few timed invokes per model (seconds; the figures mean nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(repeats=5)
+        args = p.parse_args(argv)
 
     rows = []
     for kind in ("conv1x1", "depthwise3x3", "add", "conv3x3"):
