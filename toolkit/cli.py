@@ -13,7 +13,7 @@ from device import console
 
 from .remote import AgentError
 
-COMMANDS = ("data", "train", "evaluate", "probe", "export", "check", "deploy", "report", "import")
+COMMANDS = ("data", "train", "derive", "evaluate", "probe", "export", "check", "deploy", "report", "import")
 # Subcommand -> module where the name is a Python keyword.
 MODULES = {"import": "imports"}
 COMMAND_ATTRS = ("command", "data_command")  # the attributes naming the subcommand (and its action)
@@ -30,6 +30,11 @@ faceprobe data inspect photos --crop --json""",
 faceprobe train --recipe models/mobilefacenet-orl.toml --data att_faces --identities s1-s30 --out runs/orl
 faceprobe train --out runs/tiny --resume                 # continue after Ctrl-C or a crash
 faceprobe train --recipe models/tiny-synth.toml --out runs/t2 --set margin=0.3 --epochs 5""",
+    "derive": """faceprobe derive runs/dlib/model.keras --data att_faces --identities s1-s30 --align \\
+    --recipe models/dlib-compact.toml --out runs/dlib-compact
+faceprobe derive runs/orl/model.keras --data att_faces --identities s1-s30 --macs 60M --dry-run
+faceprobe derive runs/tiny/model.keras --params 100k --epochs 3 --out runs/tiny-small
+faceprobe derive runs/dlib/model.keras --out runs/dlib-compact --resume""",
     "evaluate": """faceprobe evaluate runs/tiny/model.keras --data unseen-faces
 faceprobe evaluate runs/orl/model.keras --data att_faces --roc roc.png --out eval.json --json""",
     "probe": """faceprobe probe runs/tiny/model.keras --images faces --out runs/tiny/probe

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "att_faces"),
                    help="ORL identity folders s1..s40")
     p.add_argument("--model", help="a trained ORL model.keras (default: train the recipe first)")
+    p.add_argument("--align", action="store_true",
+                   help="dlib-aligned chips (for dlib's port and the models derived from it)")
     p.add_argument("--recipe", default=str(ROOT / "models" / "mobilefacenet-orl.toml"))
     p.add_argument("--train-identities", default="s1-s30")
     p.add_argument("--eval-identities", default="s31-s40")
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     config = load_train_config(args.recipe).with_overrides(data=args.data, epochs=1 if args.quick else None)
-    fs = load_identity_folders(args.data, image_size=config.input_size, progress=not args.json,
+    size = int(load_face_model(args.model)[0].input_shape[1]) if args.model else config.input_size
+    fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json,
                                identities=f"{args.train_identities},{args.eval_identities}")
     train_fs = fs.select(parse_identities(args.train_identities))
     eval_fs = fs.select(parse_identities(args.eval_identities))

@@ -56,7 +56,7 @@ def _affine_transforms(seed: tf.Tensor, n: tf.Tensor, size: float, aug: Augmenta
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def _augment(images: tf.Tensor, seeds: tf.Tensor, aug: Augmentation) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, seeds: tf.Tensor, aug: Augmentation) -> tf.Tensor:
     """Random flip, small affine, brightness and contrast on a float batch of 0..255 pixels."""
     n, size = tf.shape(images)[0], tf.cast(tf.shape(images)[1], tf.float32)
     keys = tf.random.experimental.stateless_split(seeds, num=4)
@@ -99,7 +99,7 @@ def make_dataset(images_uint8: np.ndarray, labels: np.ndarray, batch_size: int, 
         # one fresh seed pair per batch and per epoch, reproducible from `seed`
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, s: (_augment(tf.cast(batch[0], tf.float32), s, aug), batch[1]),
+            lambda batch, s: (augment_batch(tf.cast(batch[0], tf.float32), s, aug), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))

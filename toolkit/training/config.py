@@ -155,6 +155,9 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+# Identity selections moved to toolkit.data; the old import path works for one release.
+from ..data.identities import parse_identities  # noqa: E402, F401
+
 # The name before "recipe" came to mean the quantization recipe (``toolkit.export.load_recipe``); kept as an
 # alias of ``load_train_config`` for one release.
 load_recipe = load_train_config
