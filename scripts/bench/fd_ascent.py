@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if args.quick:
-        p.set_defaults(images=1, subspaces="dct:2,dct:3", timing_steps=1, timing_repeats=1)
+        p.set_defaults(images=1, subspaces="dct:2,dct:3", timing_steps=2, timing_repeats=1)
         args = p.parse_args(argv)
 
     import keras
