@@ -3,7 +3,8 @@
 Endpoints (JSON unless stated; every endpoint, /health included, needs ``Authorization: Bearer
 <token>`` when the agent has a token, because /health names the models held and the machine):
 
-- ``GET  /health``                runtime, version, machine, models held, jobs by status
+- ``GET  /health``                runtime, version, machine, models held, jobs by status, the store's free
+  space, the TLS certificate's SHA-256 fingerprint (None over plain HTTP)
 - ``GET  /models``                models held (id = sha256 of the .tflite, model, variant, bytes)
 - ``GET  /models/<id>``           a held model's manifest
 - ``POST /models``                upload: header ``X-Manifest-Length: N``; body = the manifest JSON (N
@@ -19,9 +20,13 @@ Endpoints (JSON unless stated; every endpoint, /health included, needs ``Authori
 - ``GET  /jobs/<id>/result``      the result as .npz bytes (409 while queued/running or when failed)
 
 Errors are JSON ``{"error": message, "status": code}``; a client's mistake is a 4xx. The agent refuses
-to listen on anything but loopback without a token, refuses request bodies over the upload limit with
-413, answers 503 past ``max_connections`` open connections, and drops a connection whose request is
-not done by its deadline (headers within ``header_timeout_s``; a body at ``min_rate`` bytes/s or better).
+to listen on anything but loopback without a token, or without TLS unless told ``insecure``; refuses
+request bodies over the upload limit with 413, answers 503 past ``max_connections`` open connections,
+and drops a connection whose request is not done by its deadline (headers within ``header_timeout_s``;
+a body at ``min_rate`` bytes/s or better). A full disk is the client's to hear about: 507, and uploads
+and jobs are refused with 507 before the store's free space falls below ``min_free_bytes``. A model is
+held, deleted and given jobs under one lock: a job on a deleted model is 404, deleting a model with
+queued or running jobs 409. Query strings never reach the log.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ import ipaddress
 import json
 import os
 import platform
+import re
+import shutil
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -46,13 +54,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import __version__
 from .archive import PlanArchive, PlanLimits, PlanTooLarge
+from .files import disk_full
 from .jobs import KINDS, JobQueue, QueueFull
 from .store import ModelStore, StoreConflict, StoreError, is_model_id
 from .tasks import JobLimits, Task
+from .tls import TLSFiles
 
 CHUNK = 1 << 16
 DEFAULT_MAX_UPLOAD_MB = 256
 MAX_MANIFEST_BYTES = 4 << 20
+_QUERY = re.compile(r"\?[^\s\"']*")
 
 
 @dataclass(frozen=True)
@@ -124,8 +135,8 @@ class _Deadlines:
                 for sock in late:
                     del self._due[sock]
             for sock in late:  # the handler's blocked read or write returns at once
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
+                try:  # the plain socket's shutdown, also under TLS (whose own would drop its state)
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
                 except OSError:
                     pass
 
@@ -142,19 +153,30 @@ class AgentServer(ThreadingHTTPServer):
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20, threads: int | None = None,
                  kernels: str = "xnnpack", job_limits: JobLimits | None = None,
                  plan_limits: PlanLimits | None = None, connections: ConnectionLimits | None = None,
-                 queue_cap: int = 16, parallel_jobs: int = 1):
+                 queue_cap: int = 16, parallel_jobs: int = 1, tls: TLSFiles | None = None,
+                 insecure: bool = False, min_free_bytes: int | None = None):
         if not token and not is_loopback(host):
             raise ValueError(f"refusing to listen on {host!r} without a token: anyone on the network could "
                              "upload models and run jobs. Pass --token-file FILE (or --token T), or listen "
                              "on 127.0.0.1")
+        if tls is None and not insecure and not is_loopback(host):
+            raise ValueError(f"refusing to listen on {host!r} without TLS: the token would cross the network "
+                             "in clear text. Pass --tls-self-signed (or --tls-cert FILE --tls-key FILE), or "
+                             "--insecure on a network you trust")
         if token is not None and not token.strip():
             raise ValueError("the token is empty; write a long random string to the token file")
         self.token = token.strip().encode() if token else None
         self.max_upload_bytes = int(max_upload_bytes)
         self.plan_limits = plan_limits or PlanLimits()
         self.limits = connections or ConnectionLimits()
+        job_limits = job_limits or JobLimits()
+        # A job's arrays, its result among them, fit half its memory allowance (tasks._limits_share).
+        self.min_free_bytes = (job_limits.job_memory_bytes // 2 if min_free_bytes is None
+                               else int(min_free_bytes))
+        self.models_lock = threading.Lock()  # a model is held, deleted and given jobs under this lock
         self.store = ModelStore(store_dir)
         try:
+            self.tls = tls.load(store_dir) if tls is not None else None
             self.task = Task(self.store, threads=threads, kernels=kernels, limits=job_limits,
                              plan_limits=self.plan_limits)
             self.jobs = JobQueue(Path(store_dir), self.task.execute, queue_cap=queue_cap,
@@ -175,7 +197,26 @@ class AgentServer(ThreadingHTTPServer):
                 "runtime": runtime_versions(), "kernels": self.task.kernels, "threads": self.task.threads,
                 "machine": platform.machine(), "system": platform.system(),
                 "python": platform.python_version(), "models": self.store.ids(), "jobs": counts,
-                "connections": len(self.deadlines)}
+                "connections": len(self.deadlines), "store_free_bytes": self.free_bytes(),
+                "min_free_bytes": self.min_free_bytes,
+                "tls_fingerprint": self.tls.fingerprint if self.tls else None}
+
+    def free_bytes(self) -> int:
+        """Bytes free on the store's file system."""
+        return shutil.disk_usage(self.store.root).free
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection; under TLS its handshake happens in its own thread, within its deadline."""
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def handle_error(self, request, client_address) -> None:
+        """A connection that failed outside a request (a TLS handshake, a reset): one line, no traceback."""
+        if not getattr(self, "quiet", False):
+            exc = sys.exc_info()[1]
+            sys.stderr.write(_QUERY.sub("?…", f"{client_address[0]} - connection dropped: {exc!r}") + "\n")
 
     def process_request(self, request, client_address) -> None:
         """Refuse a connection past the cap at once (503) instead of giving it a thread."""
@@ -209,6 +250,11 @@ class AgentHandler(BaseHTTPRequestHandler):
     server: AgentServer
     server_version = f"faceprobe-agent/{__version__}"
     timeout = 30  # seconds one read may stall; the request as a whole has its deadline (_Deadlines)
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()  # bounded by the header deadline process_request set
 
     def handle_one_request(self) -> None:
         self.server.deadlines.set(self.connection, self.server.limits.header_timeout_s)
@@ -254,8 +300,9 @@ class AgentHandler(BaseHTTPRequestHandler):
             pass
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature fixed by http.server
+        """One line per request or error, with every query string cut: a client may put a secret in one."""
         if not getattr(self.server, "quiet", False):
-            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+            sys.stderr.write(_QUERY.sub("?…", f"{self.address_string()} - {format % args}") + "\n")
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -287,9 +334,28 @@ class AgentHandler(BaseHTTPRequestHandler):
             # The client went away mid-request; nothing to answer, the store is untouched.
             self.close_connection = True
             self.log_message("connection lost: %s", exc)
+        except OSError as exc:
+            if disk_full(exc):  # nothing stored was touched: the write that failed was a new file's
+                self.send_error(507, self._disk_full_message())
+            else:
+                self._internal_error(exc)
         except Exception as exc:  # the server must survive any request
-            self.log_message("internal error: %r", exc)
-            self.send_error(500, f"internal error: {type(exc).__name__}: {exc}")
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        self.log_message("internal error: %r", exc)
+        self.send_error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _disk_full_message(self) -> str:
+        free = self.server.free_bytes() / (1 << 20)
+        return (f"the board's store is short of space ({free:.1f} MiB free, this agent keeps "
+                f"{self.server.min_free_bytes / (1 << 20):.1f} MiB free: --min-free-mib): delete models "
+                "(DELETE /models/<id>) or free space on its disk, then retry")
+
+    def _require_space(self, incoming: int) -> None:
+        """507 before reading a body that would leave the store below its free-space floor."""
+        if self.server.free_bytes() - incoming < self.server.min_free_bytes:
+            raise ApiError(507, self._disk_full_message())
 
     def _authorise(self) -> None:
         token = self.server.token
@@ -325,7 +391,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             if rest[1] == "result":
                 return self._get_result(rest[0])
         if any(h == head for _, h in routes):
-            raise ApiError(405, f"{method} is not allowed on {self.path}")
+            raise ApiError(405, f"{method} is not allowed on {urlsplit(self.path).path}")
         raise ApiError(404, f"no such endpoint: {method} {urlsplit(self.path).path}")
 
     # --- bodies ----------------------------------------------------------------------------
@@ -382,6 +448,7 @@ class AgentHandler(BaseHTTPRequestHandler):
         if not 0 < mlen <= min(length, MAX_MANIFEST_BYTES):
             raise ApiError(400, "upload needs header X-Manifest-Length: N (1..4 MiB, within the body); "
                                 "body = manifest JSON (N bytes) followed by the .tflite bytes")
+        self._require_space(length)
         manifest = self._read(mlen)
         try:
             model_id, added = self.server.store.add(manifest, self._chunks(length - mlen),
@@ -394,16 +461,14 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def _delete_model(self, model_id: str) -> None:
         store = self.server.store
-        if not store.has(model_id):
-            raise ApiError(404, f"model {model_id!r} is not held by this agent")
-        active = self.server.jobs.active(model_id)
-        if active:
-            raise ApiError(409, f"model {model_id[:12]}… has {active} queued or running jobs; cancel them "
-                                "(DELETE /jobs/<id>) or wait until they finish")
-        try:
+        with self.server.models_lock:
+            if not store.has(model_id):
+                raise ApiError(404, f"model {model_id!r} is not held by this agent")
+            active = self.server.jobs.active(model_id)
+            if active:
+                raise ApiError(409, f"model {model_id[:12]}… has {active} queued or running jobs; cancel "
+                                    "them (DELETE /jobs/<id>) or wait until they finish")
             store.delete(model_id)
-        except KeyError:
-            raise ApiError(404, f"model {model_id!r} is not held by this agent") from None
         self._json(200, {"id": model_id, "deleted": True})
 
     def _get_jobs(self) -> None:
@@ -430,12 +495,12 @@ class AgentHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "POST /jobs needs ?model=<sha256 of a held model>&kind=" + "|".join(KINDS))
         if kind not in KINDS:
             raise ApiError(400, f"kind must be one of {', '.join(KINDS)}, got {kind[:40]!r}")
-        if not self.server.store.has(model_id):
-            raise ApiError(404, f"model {model_id} is not held by this agent; push it first (POST /models)")
+        self._require_model(model_id)
         length = self._content_length()
         limit = self.server.plan_limits.max_decoded_bytes + (1 << 20)
         if length > limit:
             raise ApiError(413, f"a plan of {length} bytes exceeds this agent's plan limit of {limit} bytes")
+        self._require_space(length)
         # Small plans stay in memory, large ones go to a file: the body is never held twice.
         with tempfile.SpooledTemporaryFile(1 << 20, dir=self.server.store.staging_dir) as body:
             for chunk in self._chunks(length):
@@ -447,12 +512,19 @@ class AgentHandler(BaseHTTPRequestHandler):
             except PlanTooLarge as exc:
                 raise ApiError(413, f"plan over this agent's limits: {exc}") from None
             except (ValueError, KeyError) as exc:
+                self._require_model(model_id)  # deleted while the plan came in: 404, not the plan's fault
                 raise ApiError(400, f"invalid plan: {exc}") from None
-        try:
-            job = self.server.jobs.submit(model_id, kind, plan.to_bytes(compress=False))
-        except QueueFull as exc:
-            raise ApiError(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        with self.server.models_lock:  # held and queued at once: a DELETE waits, then sees the job (409)
+            self._require_model(model_id)
+            try:
+                job = self.server.jobs.submit(model_id, kind, plan.to_bytes(compress=False))
+            except QueueFull as exc:
+                raise ApiError(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
         self._json(202, job.to_json())
+
+    def _require_model(self, model_id: str) -> None:
+        if not self.server.store.has(model_id):
+            raise ApiError(404, f"model {model_id} is not held by this agent; push it first (POST /models)")
 
     def _get_result(self, job_id: str) -> None:
         job = self._job(job_id)
@@ -460,7 +532,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             raise ApiError(409, f"job {job_id} is {job.status}" + (f": {job.error}" if job.error else
                                                                    "; poll GET /jobs/<id> until done"))
         try:
-            data = self.server.jobs.result_path(job_id).read_bytes()
+            data = self.server.jobs.result_bytes(job_id)
         except FileNotFoundError:
             raise ApiError(404, f"the result of job {job_id} is gone (only the newest are kept)") from None
         self._send(200, data, "application/octet-stream")
@@ -469,15 +541,23 @@ class AgentHandler(BaseHTTPRequestHandler):
 def serve(host: str, port: int, store_dir: str | os.PathLike, token: str | None = None,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, threads: int | None = None,
           kernels: str = "xnnpack", job_timeout_s: float | None = None, queue_cap: int = 16,
-          max_connections: int | None = None) -> None:
+          max_connections: int | None = None, tls: TLSFiles | None = None, insecure: bool = False,
+          min_free_mib: float | None = None) -> None:
     """Run the agent until interrupted."""
     job_limits = JobLimits(job_timeout_s=job_timeout_s) if job_timeout_s else None
     connections = ConnectionLimits(max_connections=max_connections) if max_connections else None
+    min_free = None if min_free_mib is None else int(min_free_mib * (1 << 20))
     server = AgentServer(host, port, store_dir, token, int(max_upload_mb * (1 << 20)), threads, kernels,
-                         job_limits=job_limits, connections=connections, queue_cap=queue_cap)
+                         job_limits=job_limits, connections=connections, queue_cap=queue_cap, tls=tls,
+                         insecure=insecure, min_free_bytes=min_free)
     bound = server.server_address
-    print(f"faceprobe-agent {__version__} listening on http://{bound[0]}:{bound[1]} "
-          f"(store {store_dir}, {'token auth' if token else 'no auth, loopback only'})", flush=True)
+    scheme = "https" if server.tls else "http"
+    auth = "token auth" if token else "no auth, loopback only"
+    print(f"faceprobe-agent {__version__} listening on {scheme}://{bound[0]}:{bound[1]} (store {store_dir}, "
+          f"{auth}, keeps {server.min_free_bytes >> 20} MiB free)", flush=True)
+    if server.tls:
+        print(f"TLS certificate SHA-256 fingerprint {server.tls.fingerprint} (clients: --agent-fingerprint)",
+              flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

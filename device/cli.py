@@ -9,15 +9,17 @@ import sys
 from pathlib import Path
 
 from . import console
-from .console import port_number, positive_float, positive_int
+from .console import non_negative_float, port_number, positive_float, positive_int
+from .private import check_secret_file
 
 TOKEN_ENV = "FACEPROBE_AGENT_TOKEN"
 
 EXAMPLES = {
-    "": """faceprobe-agent serve --store ~/faceprobe-store --token-file ~/.faceprobe-token --host 0.0.0.0
+    "": """faceprobe-agent serve --store ~/store --token-file ~/.token --host 0.0.0.0 --tls-self-signed
 faceprobe-agent run model.int8.probe.tflite plan.json --out result""",
     "serve": """faceprobe-agent serve --store ~/faceprobe-store            # loopback only, no token
-faceprobe-agent serve --host 0.0.0.0 --port 8765 --store ~/faceprobe-store --token-file ~/.faceprobe-token""",
+faceprobe-agent serve --host 0.0.0.0 --store ~/store --token-file ~/.token --tls-self-signed
+faceprobe-agent serve --host 0.0.0.0 --store ~/store --token-file ~/.token --tls-cert c.pem --tls-key k""",
     "run": """faceprobe-agent run model.int8.probe.tflite plan.json --out result
 faceprobe-agent run model.int8.probe.tflite plan.json --kind activations --out acts --json""",
 }
@@ -28,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Board side of faceprobe: numpy + a LiteRT interpreter.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve uploads and probe jobs over HTTP",
-                           description="Serve the HTTP agent. Without a token it only listens on loopback.")
+    serve = sub.add_parser("serve", help="serve uploads and probe jobs over HTTP(S)",
+                           description="Serve the HTTP agent. Without a token it only listens on loopback; "
+                                       "beyond loopback it needs TLS (or --insecure). The store is the "
+                                       "agent's private state: a store with links, another owner or "
+                                       "folders others may write is refused.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=port_number, default=8765, help="port (0 picks a free one)")
     serve.add_argument("--store", required=True, help="folder of the content-addressed model store")
@@ -43,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="jobs that may wait per model; more are answered 429")
     serve.add_argument("--max-connections", type=positive_int, default=32,
                        help="connections served at once; more are answered 503")
+    serve.add_argument("--min-free-mib", type=non_negative_float, default=None,
+                       help="free space the store keeps: uploads and jobs that would go below it are "
+                            "answered 507 (default: a job's largest result, 128 MiB)")
+    tls = serve.add_argument_group("TLS (needed beyond loopback)")
+    tls.add_argument("--tls-cert", help="PEM certificate to serve HTTPS with (with --tls-key)")
+    tls.add_argument("--tls-key", help="its PEM private key (mode 0600)")
+    tls.add_argument("--tls-self-signed", action="store_true",
+                     help="serve HTTPS with a self-signed pair made with openssl on first start and kept in "
+                          "the store; its fingerprint is printed at start")
+    tls.add_argument("--insecure", action="store_true",
+                     help="listen beyond loopback over plain HTTP (the token crosses the network in clear)")
     _runtime_args(serve)
 
     run = sub.add_parser("run", help="run a probe plan on a model here, without a server",
@@ -73,8 +89,22 @@ def _token(args: argparse.Namespace) -> str | None:
         path = Path(args.token_file)
         if not path.is_file():
             raise ValueError(f"token file {path} does not exist")
+        check_secret_file(path, "token file")
         return path.read_text().strip()
     return args.token or os.environ.get(TOKEN_ENV) or None
+
+
+def _tls(args: argparse.Namespace):
+    """The TLS files of ``serve``'s options, or None for plain HTTP."""
+    from .tls import TLSFiles
+
+    if args.tls_self_signed:
+        if args.tls_cert or args.tls_key:
+            raise ValueError("pass either --tls-self-signed or --tls-cert and --tls-key, not both")
+        return TLSFiles()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: pass the certificate and its private key")
+    return TLSFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -103,7 +133,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .agent import serve
 
         serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads, args.kernels,
-              args.job_timeout, args.queue_cap, args.max_connections)
+              args.job_timeout, args.queue_cap, args.max_connections, tls=_tls(args), insecure=args.insecure,
+              min_free_mib=args.min_free_mib)
         console.raise_if_interrupted()  # the server stops on Ctrl-C: say so, exit 130
         return 0
     return _run(args)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -26,18 +27,21 @@ def _umask() -> int:
     return mask
 
 
-def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Give ``tmp`` (a mkstemp file, mode 0600) the mode a plain ``open`` would and rename it over ``path``.
+def commit(tmp: str | os.PathLike, path: str | os.PathLike, mode: int | None = None) -> None:
+    """Give ``tmp`` (a mkstemp file, mode 0600) the mode a plain ``open`` would (or ``mode``) and rename it
+    over ``path``.
 
     Ctrl-C pressed meanwhile stops here, even if a library swallowed the exception: nothing is committed.
     """
     raise_if_interrupted()
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
     os.replace(tmp, path)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one."""
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one.
+
+    ``mode``: the file's mode whatever the umask (default: what a plain ``open`` gives)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,10 +50,15 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        commit(tmp, path)
+        commit(tmp, path, mode)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full: the user's to fix, not a bug."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def read_json(path: str | os.PathLike, what: str = "file"):

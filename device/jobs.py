@@ -5,6 +5,11 @@ a sandbox child (``device.sandbox``), so no interpreter or interpreter thread ou
 most ``parallel`` jobs run at once. Job records (``<jobs>/<id>.json``) and results
 (``<results>/<id>.npz``) are written atomically and served after a restart; a job that was queued or
 running when the agent stopped is failed on start-up. Only the newest ``keep`` finished jobs are kept.
+
+Records, plans and results are private (0600 in 0700 folders). A job's child writes its result under a
+partial name; only a job still running when the child succeeds has it renamed into place, so a result
+that arrives for a cancelled job, or from a child of an agent that has since died, is never attached.
+A full disk fails the job it stops (saying so), never the model's worker: the queue moves on.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import write_atomic
-from .sandbox import SandboxError, public_message
+from .files import disk_full, write_atomic
+from .private import FILE_MODE, is_plain_dir, is_plain_file, make_dir, make_file_private, read_file
+from .sandbox import DISK_FULL_MESSAGE, SandboxError, public_message
 
 KINDS = ("ascent", "activations", "embeddings")
 FINISHED = ("done", "failed", "cancelled")
@@ -70,8 +76,8 @@ class JobQueue:
                  parallel: int = 1):
         root = Path(root)
         self.jobs_dir, self.results_dir = root / "jobs", root / "results"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.jobs_dir)
+        make_dir(self.results_dir)
         self._execute = execute
         self.keep, self.queue_cap = keep, queue_cap
         self._running = threading.Semaphore(max(1, parallel))
@@ -91,13 +97,35 @@ class JobQueue:
     def result_path(self, job_id: str) -> Path:
         return self.results_dir / f"{job_id}.npz"
 
+    def _partial_path(self, job_id: str) -> Path:
+        return self.results_dir / f".{job_id}.partial.npz"
+
+    def result_bytes(self, job_id: str) -> bytes:
+        """A done job's result, never read through a link; FileNotFoundError when it is gone."""
+        try:
+            return read_file(self.results_dir, self.result_path(job_id).name)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            raise FileNotFoundError(self.result_path(job_id).name) from None
+
     def _save(self, job: Job) -> None:
-        write_atomic(self._record_path(job.id), json.dumps(job.to_json()).encode())
+        write_atomic(self._record_path(job.id), json.dumps(job.to_json()).encode(), FILE_MODE)
+
+    def _save_if_possible(self, job: Job) -> None:
+        """Save a record unless the disk refuses (full, most likely): the job's state in memory is the truth
+        meanwhile, and a restart fails a job whose record still says queued or running."""
+        try:
+            self._save(job)
+        except OSError:
+            pass
 
     def _load(self) -> None:
         """Records of an earlier run: finished ones are served again, unfinished ones failed."""
         for path in self.jobs_dir.iterdir():
-            if path.name.endswith(".plan.npz") or path.name.startswith("."):
+            if is_plain_dir(path):
+                continue  # none of the agent's: left alone
+            if not is_plain_file(path) or path.name.endswith(".plan.npz") or path.name.startswith("."):
                 path.unlink(missing_ok=True)  # plans of jobs that will not run, temp files of a crash
                 continue
             try:
@@ -107,16 +135,16 @@ class JobQueue:
             except (OSError, ValueError, KeyError, TypeError):
                 path.unlink(missing_ok=True)
                 continue
-            lost = job.status == "done" and not self.result_path(job.id).is_file()
+            lost = job.status == "done" and not is_plain_file(self.result_path(job.id))
             if job.status not in FINISHED or lost:
                 job.status, job.finished = "failed", job.finished or time.time()
                 job.error = "the agent stopped before this job finished; submit it again"
-                self._save(job)
+                self._save_if_possible(job)
             self._jobs[job.id] = job
         known = {f"{j}.npz" for j, job in self._jobs.items() if job.status == "done"}
         for path in self.results_dir.iterdir():
-            if path.name not in known:
-                path.unlink(missing_ok=True)
+            if path.name not in known and not is_plain_dir(path):
+                path.unlink(missing_ok=True)  # partial results, and results of jobs that did not finish
         with self._lock:
             self._forget_old()
 
@@ -140,8 +168,12 @@ class JobQueue:
             if waiting is not None and len(waiting) >= self.queue_cap:
                 raise QueueFull(f"model {model_id[:12]}… has {len(waiting)} jobs waiting, this agent's cap; "
                                 "retry later", self._retry_after(model_id, len(waiting)))
-        write_atomic(self.plan_path(job.id), plan)
-        self._save(job)
+        try:
+            write_atomic(self.plan_path(job.id), plan, FILE_MODE)
+            self._save(job)
+        except BaseException:  # a full disk: nothing of this job stays behind
+            self.plan_path(job.id).unlink(missing_ok=True)
+            raise
         with self._lock:
             self._forget_old()
             self._jobs[job.id] = job
@@ -192,7 +224,32 @@ class JobQueue:
     def _finish(self, job: Job, status: str, error: str | None) -> None:
         job.status, job.error, job.finished = status, error, time.time()
         self.plan_path(job.id).unlink(missing_ok=True)
-        self._save(job)
+        self._save_if_possible(job)
+
+    def _run(self, job: Job) -> tuple[str, str | None]:
+        """Run a job; its (status, error). Its result is attached only if it is still running then."""
+        partial = self._partial_path(job.id)
+        try:
+            self._save(job)
+            with self._running:
+                if job.cancel.is_set():
+                    raise SandboxError("cancelled", "cancelled")
+                self._execute(job.model_id, job.kind, self.plan_path(job.id), partial, job.cancel)
+            with self._lock:
+                if job.status != "running" or job.cancel.is_set():
+                    raise SandboxError("cancelled", "cancelled")
+                make_file_private(partial)
+                os.replace(partial, self.result_path(job.id))
+            return "done", None
+        except SandboxError as exc:
+            if exc.kind == "cancelled":
+                return "cancelled", "cancelled while running"
+            return "failed", exc.message
+        except Exception as exc:  # a failed job must not kill the model's worker
+            return "failed", (DISK_FULL_MESSAGE if disk_full(exc)
+                              else public_message(f"{type(exc).__name__}: {exc}"))
+        finally:
+            partial.unlink(missing_ok=True)
 
     def _work(self, model_id: str, waiting: deque[Job]) -> None:
         while True:
@@ -202,18 +259,6 @@ class JobQueue:
                     return
                 job = waiting.popleft()
                 job.status, job.started = "running", time.time()
-            self._save(job)
-            status, error = "done", None
-            with self._running:
-                try:
-                    if job.cancel.is_set():
-                        raise SandboxError("cancelled", "cancelled")
-                    self._execute(model_id, job.kind, self.plan_path(job.id), self.result_path(job.id),
-                                  job.cancel)
-                except SandboxError as exc:
-                    status = "cancelled" if exc.kind == "cancelled" else "failed"
-                    error = "cancelled while running" if status == "cancelled" else exc.message
-                except Exception as exc:  # a failed job must not kill the model's worker
-                    status, error = "failed", public_message(f"{type(exc).__name__}: {exc}")
+            status, error = self._run(job)
             with self._lock:
                 self._finish(job, status, error)

@@ -8,22 +8,35 @@ interpreter once, so a child starts in about 10 ms, and never from the threaded 
 The memory limit is ``RLIMIT_AS`` set by the child on itself at ``its size at start + allowance``, so
 the allowance is what the work may add. Linux only (elsewhere the limit is not enforced and only
 the time limit holds).
+
+Children die with the agent, even when it is killed with SIGKILL: each child watches its pipe to the
+agent (only the agent holds the other end, so the pipe breaks when the agent dies) and, on Linux, also
+asks for SIGKILL when the fork server, its parent, dies (``PR_SET_PDEATHSIG``); the fork server exits
+when the agent's end of multiprocessing's own liveness pipe closes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import re
 import resource
+import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .files import disk_full
+
 _context = None
 _context_lock = threading.Lock()
+PR_SET_PDEATHSIG = 1
+DISK_FULL_MESSAGE = ("the board's disk is full: free space in the agent's store (DELETE /models/<id>) or "
+                     "elsewhere on its disk, then submit the job again")
 
 
 _PATH = re.compile(r"(?<![\w.~])(?:/[^\s'\":/]+)+/([^\s'\":/]+)")
@@ -77,12 +90,35 @@ def _limit_self(memory_bytes: int, timeout_s: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
 
 
+def _die_with_agent(conn) -> None:
+    """Exit as soon as the agent is gone: its end of ``conn`` closes (on any system), or the fork server
+    that forked this child dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the pipe below still holds
+            pass
+    watched = os.dup(conn.fileno())  # a copy: closing conn at the end must not look like the agent dying
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(watched, select.POLLERR | select.POLLHUP)
+        poller.poll()  # the write end of a pipe reports POLLERR once no reader is left
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="agent-liveness").start()
+
+
 def _child(conn, target: Callable, args: tuple, memory_bytes: int, timeout_s: float) -> None:
     try:
+        _die_with_agent(conn)
         _limit_self(memory_bytes, timeout_s)
         value = target(*args)
     except MemoryError:
         conn.send(("memory", "ran out of memory"))
+    except OSError as exc:
+        conn.send(("error", DISK_FULL_MESSAGE if disk_full(exc) else
+                   public_message(f"{type(exc).__name__}: {exc}")))
     except Exception as exc:  # reported to the parent as the job's error
         conn.send(("error", public_message(f"{type(exc).__name__}: {exc}")))
     else:

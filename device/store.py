@@ -8,6 +8,10 @@ Layout under the store root::
     models/<sha256>/needs.json       what loading it and one invocation cost, measured at upload
     staging/<random>/                uploads in progress and deletions (wiped at start-up)
 
+The store is the agent's private state (``device.private``): a store with a link, a foreign owner or
+a folder or file others may write is refused at start-up, folders are 0700 and files 0600, and held
+files are read without following links.
+
 An upload is streamed into its own staging folder, validated (by the caller's ``validate``: the
 agent loads and runs the model in a sandbox), fsynced and then renamed into ``models/`` in one
 ``os.rename``: a crash or ``kill -9`` at any point leaves either no entry or a complete one, never a
@@ -21,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -29,6 +34,7 @@ from pathlib import Path
 
 from .jsonsafe import loads_json
 from .manifest import validate_manifest, validate_tflite_bytes
+from .private import DIR_MODE, FILE_MODE, check_tree, is_plain_dir, is_plain_file, make_dir, read_file
 
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
@@ -66,6 +72,10 @@ def validate_upload(head: bytes, manifest_bytes: bytes, sha256: str) -> None:
                          f"file ({sha256[:12]}…); upload the .tflite together with its own manifest")
 
 
+def _not_held(model_id: str) -> KeyError:
+    return KeyError(f"model {model_id!r} is not held by this agent; push it first (POST /models)")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -74,8 +84,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _create(path: Path):
+    """A new private file (0600, never through a link) open for writing."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE), "wb")
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
+    with _create(path) as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -88,18 +103,25 @@ class ModelStore:
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.staging_dir = self.root / "staging"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(self.root, DIR_MODE)
+        except FileExistsError:
+            pass
+        check_tree(self.root)  # before anything in it is opened, cleaned or served
+        make_dir(self.root)
+        self._lock_fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self._lock_fd)
             raise StoreLocked(f"another faceprobe-agent is serving the store {self.root}; stop it first, or "
                               "give this one its own --store") from None
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        # Anything left in staging is an upload that never finished or a deletion cut short.
+        make_dir(self.models_dir)
+        # Anything left in staging is an upload that never finished or a deletion cut short (checked
+        # above: no link leads out of it, and rmtree unlinks links rather than following them).
         shutil.rmtree(self.staging_dir, ignore_errors=True)
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.staging_dir)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -109,26 +131,42 @@ class ModelStore:
             self._lock_fd = -1
 
     def ids(self) -> list[str]:
-        return sorted(p.name for p in self.models_dir.iterdir()
-                      if is_model_id(p.name) and (p / MODEL_FILE).is_file())
+        return sorted(p.name for p in self.models_dir.iterdir() if self.has(p.name))
 
     def has(self, model_id: str) -> bool:
-        return is_model_id(model_id) and (self.models_dir / model_id / MODEL_FILE).is_file()
+        """Held: a folder named by a sha256 with the model and its manifest in it, none of them a link."""
+        d = self.models_dir / model_id
+        return (is_model_id(model_id) and is_plain_dir(d) and is_plain_file(d / MODEL_FILE)
+                and is_plain_file(d / MANIFEST_FILE))
 
     def paths(self, model_id: str) -> tuple[Path, Path]:
         """(tflite, manifest) paths of a held model."""
         if not self.has(model_id):
-            raise KeyError(f"model {model_id!r} is not held by this agent; push it first (POST /models)")
+            raise _not_held(model_id)
         d = self.models_dir / model_id
         return d / MODEL_FILE, d / MANIFEST_FILE
 
+    def _read(self, model_id: str, name: str) -> bytes | None:
+        """A held model's file (None when absent), never through a link: a link planted there makes the
+        model not held (KeyError)."""
+        self.paths(model_id)
+        try:
+            return read_file(self.root, self.models_dir.name, model_id, name)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            raise _not_held(model_id) from None
+
     def manifest(self, model_id: str) -> dict:
-        return json.loads(self.paths(model_id)[1].read_text())
+        data = self._read(model_id, MANIFEST_FILE)
+        if data is None:  # deleted meanwhile
+            raise _not_held(model_id)
+        return json.loads(data)
 
     def needs(self, model_id: str) -> dict:
         """What the model's check at upload measured (memory_bytes, per_image_bytes, seconds)."""
-        path = self.paths(model_id)[0].with_name(NEEDS_FILE)
-        return json.loads(path.read_text()) if path.is_file() else {"memory_bytes": 0, "per_image_bytes": 0}
+        data = self._read(model_id, NEEDS_FILE)
+        return json.loads(data) if data is not None else {"memory_bytes": 0, "per_image_bytes": 0}
 
     def describe(self) -> list[dict]:
         out = []
@@ -154,7 +192,7 @@ class ModelStore:
         try:
             digest = hashlib.sha256()
             head = b""
-            with open(stage / MODEL_FILE, "wb") as fh:
+            with _create(stage / MODEL_FILE) as fh:
                 for chunk in chunks:
                     if len(head) < 8:
                         head += chunk[:8]
@@ -194,8 +232,9 @@ class ModelStore:
         """Remove a held model (KeyError when it is not held); a crash midway leaves it whole or gone."""
         with self._lock:
             self.paths(model_id)
-            gone = Path(tempfile.mkdtemp(prefix="delete-", dir=self.staging_dir))
-            os.rename(self.models_dir / model_id, gone / model_id)
+            # A rename only, no new folder: deleting is how a full disk is freed, so it must not need space.
+            gone = self.staging_dir / f"delete-{secrets.token_hex(8)}"
+            os.rename(self.models_dir / model_id, gone)
             _fsync_dir(self.models_dir)
         shutil.rmtree(gone, ignore_errors=True)
 

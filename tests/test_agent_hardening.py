@@ -343,6 +343,7 @@ def stop(proc: subprocess.Popen) -> None:
 def test_one_agent_per_store_and_records_served_after_a_restart(tmp_path):
     store, token_file = tmp_path / "store", tmp_path / "token"
     token_file.write_text(TOKEN)
+    token_file.chmod(0o600)  # the agent refuses a token others may read
     proc, port = serve(store, token_file)
     try:
         client = AgentClient(f"http://127.0.0.1:{port}", TOKEN)

@@ -268,6 +268,7 @@ def _start_agent(store: Path, token_file: Path) -> tuple[subprocess.Popen, int]:
 def test_kill_9_mid_upload_leaves_no_partial_model(tmp_path):
     store, token_file = tmp_path / "store", tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)  # the agent refuses a token others may read
     proc, port = _start_agent(store, token_file)
     try:
         client = AgentClient(f"http://127.0.0.1:{port}", TOKEN)

@@ -41,7 +41,7 @@ BENCHES = {
 
 
 # Benchmarks whose quick mode runs in their own module's tests.
-TESTED_ELSEWHERE = {"derive": "tests/test_derive.py"}
+TESTED_ELSEWHERE = {"derive": "tests/test_derive.py", "agent_faults": "tests/test_agent_faults.py"}
 
 
 def test_every_benchmark_is_listed():

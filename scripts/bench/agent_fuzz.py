@@ -113,8 +113,8 @@ def mutate(data: bytes, slots: list[tuple[int, int, str]], rng: random.Random) -
 class Agent:
     """``faceprobe-agent serve`` in a child process; restarted when it dies."""
 
-    def __init__(self, store: Path, token_file: Path):
-        self.store, self.token_file = store, token_file
+    def __init__(self, store: Path, token_file: Path, *extra: str):
+        self.store, self.token_file, self.extra = store, token_file, extra  # extra: more `serve` options
         self.crashes, self.max_rss = 0, 0
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -125,7 +125,7 @@ class Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "device.cli", "serve", "--host", "127.0.0.1", "--port", "0",
              "--store", str(self.store), "--token-file", str(self.token_file), "--job-timeout", "20",
-             "--max-upload-mb", "16"],
+             "--max-upload-mb", "16", *self.extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = self.proc.stdout.readline()
@@ -426,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             models = export_models(work / "models")
         token_file = work / "token"
         token_file.write_text(TOKEN)
+        token_file.chmod(0o600)  # the agent refuses a token others may read
         agent = Agent(work / "store", token_file)
         stats = Stats()
         health = Health(agent)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..params import ParameterError
+
+if TYPE_CHECKING:
+    from ..remote import Trust
 
 SEARCH_MODES = ("on-fail", "always", "never")
 
@@ -18,7 +22,8 @@ class CheckOptions:
     Faces: ``data`` (a folder of identity folders, best of people the model never saw; None: synthetic
     faces), ``identities`` (only these of it, e.g. "s31-s40"), ``align`` (dlib's aligned chips).
     Gate: ``thresholds`` (a TOML file overriding the defaults). Boards: ``agents`` (URLs of board
-    agents, judged in parallel beside the host) and their bearer ``token``. Search: ``search``, one of
+    agents, judged in parallel beside the host), their bearer ``token`` and ``trust`` (how their
+    certificates are trusted). Search: ``search``, one of
     "on-fail", "always", "never" ("exhaustive": every candidate, for the full table). How much is
     measured: faces at the tap level (``sample``), the feature level's start images, DCT subspace size
     and steps (``feature_images``, ``subspace_size``, ``steps``; ``features=False`` skips that level),
@@ -31,6 +36,7 @@ class CheckOptions:
     thresholds: str | os.PathLike | None = None
     agents: Sequence[str] = ()
     token: str | None = None
+    trust: Trust | None = None
     search: str = "on-fail"
     sample: int = 32
     feature_images: int = 1

@@ -165,7 +165,7 @@ def judge_boards(session: CheckSession, files: dict[str, Path], reference: Featu
     host = session.judge(LocalBoard(files["deploy"], files["probe"]), files, reference)
     if not opts.agents:
         return [host]
-    remote = Fleet(opts.agents, opts.token).map(
+    remote = Fleet(opts.agents, opts.token, trust=opts.trust).map(
         lambda client: session.judge(RemoteBoard(client, files["deploy"], files["probe"]), files, reference))
     return [host, *remote.values()]
 

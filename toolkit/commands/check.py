@@ -9,7 +9,7 @@ import os
 from device.cli import TOKEN_ENV
 from device.console import non_negative_int, positive_int
 
-from . import flags, writes_folder
+from . import agent_trust, agent_trust_options, flags, writes_folder
 
 
 def add_parser(subparsers) -> None:
@@ -46,6 +46,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--agent", action="append", default=[], metavar="URL",
                    help="board agent to check on as well (repeat, or comma-separated)")
     p.add_argument("--token", default=None, help=f"bearer token of the agents (default: ${TOKEN_ENV})")
+    agent_trust_options(p)
     p.add_argument("--sample", type=positive_int, default=32,
                    help="faces used for the tap comparison (default 32)")
     p.add_argument("--feature-images", type=positive_int, default=1,
@@ -107,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     with flags(FLAGS):
         options = CheckOptions(data=args.data, identities=args.identities, align=args.align,
                                thresholds=args.thresholds, agents=args.agent,
-                               token=args.token or os.environ.get(TOKEN_ENV), search=args.search,
+                               token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args),
+                               search=args.search,
                                sample=args.sample, feature_images=args.feature_images,
                                features=not args.no_features, subspace_size=args.feature_subspace,
                                seed=args.seed)

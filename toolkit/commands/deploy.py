@@ -8,6 +8,8 @@ import os
 
 from device.cli import TOKEN_ENV
 
+from . import agent_trust, agent_trust_options
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,6 +21,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV})")
     p.add_argument("--manifest", default=None, help="manifest path (default: <model stem>.manifest.json)")
     p.add_argument("--json", action="store_true", help="print {agent: model id} as JSON")
+    agent_trust_options(p)
     p.set_defaults(run=run)
 
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..remote import deploy
 
     ids = deploy(args.agent, args.model, token=args.token or os.environ.get(TOKEN_ENV),
-                 manifest=args.manifest)
+                 manifest=args.manifest, trust=agent_trust(args))
     if args.json:
         print(json.dumps(ids, indent=2))
     else:

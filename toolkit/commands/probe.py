@@ -9,7 +9,7 @@ import sys
 
 from device.console import non_negative_float, non_negative_int, positive_float, positive_int
 
-from . import flags, writes_folder
+from . import agent_trust, agent_trust_options, flags, writes_folder
 
 
 def _ints(text: str) -> list[int]:
@@ -77,6 +77,7 @@ def add_parser(subparsers) -> None:
                    "differences and compare each with the host's autodiff; needs --tflite and a --subspace")
     p.add_argument("--tflite", help="the probe model (.probe.tflite from `faceprobe export`) the agents run")
     p.add_argument("--token", help="bearer token of the agents (default: $FACEPROBE_AGENT_TOKEN)")
+    agent_trust_options(p)
     p.add_argument("--save-plan", metavar="PLAN.json", help="also write the plan used here")
     p.add_argument("--out", help="output directory (required unless --invariance)")
     p.add_argument("--invariance", action="store_true",
@@ -124,7 +125,8 @@ def options_from_args(args: argparse.Namespace):
         position=args.position,
         subspace=args.subspace, clip=args.clip, jitter=args.jitter, l2_decay=args.l2_decay, blur=args.blur,
         seeds=args.seeds, data=args.data, identities=args.identities, source=args.source, grid=args.grid,
-        agents=args.agent or (), tflite=args.tflite, token=args.token or os.environ.get(TOKEN_ENV))
+        agents=args.agent or (), tflite=args.tflite, token=args.token or os.environ.get(TOKEN_ENV),
+        trust=agent_trust(args))
 
 
 # run_probe's parameters whose flag is not "--" + the name.

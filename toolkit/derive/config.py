@@ -30,6 +30,7 @@ class DeriveConfig:
     learning_rate: float = 1e-3
     final_lr_fraction: float = 0.02
     hint_weight: float = 0.1  # feature hints at the deepest tap of each stride
+    centred_weight: float = 0.0  # the cosine about the teacher's mean embedding, beside the plain one
     synthetic_fraction: float = 0.25  # share of synthetic faces in the training pool
     partswap: float = 0.25  # share of a batch made of part-swapped faces (new pseudo-identities)
     mixup: float = 0.15  # share of a batch mixed with another face
@@ -75,6 +76,9 @@ def validate_derive_config(values: dict) -> DeriveConfig:
     for key in _FRACTIONS + ("final_lr_fraction",):
         if key in v and not (isinstance(v[key], (int, float)) and 0 <= v[key] <= 1):
             raise ValueError(f"{key} must be between 0 and 1, got {v[key]!r}")
+    for key in ("hint_weight", "centred_weight"):
+        if key in v and not (isinstance(v[key], (int, float)) and v[key] >= 0):
+            raise ValueError(f"{key} must be a number >= 0, got {v[key]!r}")
     if "holdout" in v and (not isinstance(v["holdout"], int) or v["holdout"] < 0):
         raise ValueError(f"holdout must be a whole number of identities, got {v['holdout']!r}")
     if v.get("strategy", "default") not in ("default", "mirrored", "multi-worker"):

@@ -79,6 +79,7 @@ class Distiller:
     cfg: DeriveConfig
     normalization: dict
     strategy: object
+    centre: np.ndarray | None = None  # the teacher's mean normalised embedding over the training faces
 
     def __post_init__(self):
         size_t, size_s = int(self.teacher.input_shape[1]), int(self.student.input_shape[1])
@@ -109,6 +110,13 @@ class Distiller:
                 tf.math.l2_normalize(s["embedding"], -1) * tf.math.l2_normalize(t["embedding"], -1), -1
             )
             per_example = 1.0 - cos
+            if self.cfg.centred_weight and self.centre is not None:
+                # Face descriptors share a large common direction: a student that predicts it scores a
+                # high cosine while telling people apart poorly. About the mean, only what differs counts.
+                mu = tf.constant(self.centre, tf.float32)
+                per_example += self.cfg.centred_weight * (1.0 - tf.reduce_sum(
+                    tf.math.l2_normalize(tf.math.l2_normalize(s["embedding"], -1) - mu, -1)
+                    * tf.math.l2_normalize(tf.math.l2_normalize(t["embedding"], -1) - mu, -1), -1))
             for name in self.names:
                 k = tap_key(name)
                 target = tf.gather(t[k], self.hints[name], axis=-1)
@@ -127,18 +135,25 @@ class Distiller:
         return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
 
     def embed(self, model: keras.Model, faces: np.ndarray) -> np.ndarray:
-        """L2-normalised embeddings of uint8 faces at ``model``'s input size."""
-        size = int(model.input_shape[1])
-        out = []
-        for start in range(0, len(faces), 64):
-            x = (
-                faces[start : start + 64].astype(np.float32) - self.normalization["mean"]
-            ) / self.normalization["scale"]
-            if x.shape[1] != size:
-                x = tf.image.resize(x, (size, size)).numpy()
-            out.append(np.asarray(model(x, training=False), np.float64))
-        e = np.concatenate(out)
-        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return embed_faces(model, faces, self.normalization)
+
+
+def embed_faces(model: keras.Model, faces: np.ndarray, normalization: dict) -> np.ndarray:
+    """L2-normalised embeddings of uint8 faces, resized to ``model``'s input size."""
+    size = int(model.input_shape[1])
+    out = []
+    for start in range(0, len(faces), 64):
+        x = (faces[start : start + 64].astype(np.float32) - normalization["mean"]) / normalization["scale"]
+        if x.shape[1] != size:
+            x = tf.image.resize(x, (size, size)).numpy()
+        out.append(np.asarray(model(x, training=False), np.float64))
+    e = np.concatenate(out)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def mean_embedding(model: keras.Model, faces: np.ndarray, normalization: dict) -> np.ndarray:
+    """The mean of ``model``'s L2-normalised embeddings of uint8 ``faces``."""
+    return embed_faces(model, faces, normalization).mean(axis=0).astype(np.float32)
 
 
 def learning_rate(cfg: DeriveConfig, progress: float) -> float:

@@ -256,7 +256,12 @@ def derive(teacher_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Der
             f"of the teacher's), {summary['macs'] / 1e6:.0f} M MACs "
             f"({summary['macs'] / summary['teacher_macs']:.0%})")
 
-    d = Distiller(teacher, student, hints, cfg, norm, strategy)
+    centre = None
+    if cfg.centred_weight:
+        from .distill import mean_embedding
+
+        centre = mean_embedding(teacher, pool, norm)
+    d = Distiller(teacher, student, hints, cfg, norm, strategy, centre)
     fingerprint = {"teacher_sha256": _sha256(teacher_path), "config": cfg.to_dict(),
                    "student_params": int(student.count_params())}
     start, history = 0, []

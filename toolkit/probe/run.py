@@ -9,13 +9,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from device.plan import ProbePlan, ProbeResult
 
 from ..params import ParameterError
+
+if TYPE_CHECKING:
+    from ..remote import Trust
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class ProbeOptions:
     ``jitter``, ``l2_decay``, ``blur``. Findings: ``seeds`` untrained networks as controls (0: none);
     ``data`` (and ``identities``) add the invariance index, of the ascent changes or the tap responses
     (``source``) on a common ``grid``. Boards: ``agents`` run the plan on ``tflite`` (a probe model) by
-    finite differences; ``token`` is their bearer token.
+    finite differences; ``token`` is their bearer token, ``trust`` how their certificates are trusted.
     """
 
     images: Sequence[str] = ()
@@ -58,6 +61,7 @@ class ProbeOptions:
     agents: Sequence[str] = ()
     tflite: str | os.PathLike | None = None
     token: str | None = None
+    trust: Trust | None = None
 
     def __post_init__(self) -> None:
         if self.position is not None and len(self.position) != 2:
@@ -141,7 +145,7 @@ def probe_boards(plan: ProbePlan, host: ProbeResult, out: Path, opts: ProbeOptio
     from ..remote import probe_remote
     from .compare import compare_ascents
 
-    results = probe_remote(opts.agents, opts.tflite, plan, token=opts.token)
+    results = probe_remote(opts.agents, opts.tflite, plan, token=opts.token, trust=opts.trust)
     boards = {}
     for url, board in results.items():
         folder = out / "boards" / re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://")[-1])
