@@ -12,8 +12,9 @@ Endpoints (JSON unless stated; every endpoint, /health included, needs ``Authori
   loaded and run once in a sandbox child (``device.sandbox``) before it is stored. 201 when added,
   200 when already held with this manifest, 409 when held with another.
 - ``DELETE /models/<id>``         remove a held model (409 while it has queued or running jobs)
-- ``POST /jobs?model=<id>&kind=ascent|activations|embeddings``   body = ``ProbePlan.to_bytes()``; 202 + job
-  id (``embeddings`` reads only the plan's images: the deploy model's embeddings).
+- ``POST /jobs?model=<id>&kind=ascent|activations|embeddings|bench``   body = ``ProbePlan.to_bytes()``; 202 +
+  job id (``embeddings`` reads only the plan's images: the deploy model's embeddings; ``bench`` times the
+  model and the held models its plan names, interleaved: ``device.bench.BenchPlan.to_bytes()``).
   413 when the plan is over the agent's limits, 429 + ``Retry-After`` when the model's queue is full.
 - ``GET  /jobs``, ``GET /jobs/<id>``                   job status (queued, running, done, failed, cancelled)
 - ``DELETE /jobs/<id>``           cancel a queued or running job (409 when it has finished)
@@ -154,7 +155,8 @@ class AgentServer(ThreadingHTTPServer):
                  kernels: str = "xnnpack", job_limits: JobLimits | None = None,
                  plan_limits: PlanLimits | None = None, connections: ConnectionLimits | None = None,
                  queue_cap: int = 16, parallel_jobs: int = 1, tls: TLSFiles | None = None,
-                 insecure: bool = False, min_free_bytes: int | None = None):
+                 insecure: bool = False, min_free_bytes: int | None = None,
+                 benchmark_model: str | None = None):
         if not token and not is_loopback(host):
             raise ValueError(f"refusing to listen on {host!r} without a token: anyone on the network could "
                              "upload models and run jobs. Pass --token-file FILE (or --token T), or listen "
@@ -178,7 +180,7 @@ class AgentServer(ThreadingHTTPServer):
         try:
             self.tls = tls.load(store_dir) if tls is not None else None
             self.task = Task(self.store, threads=threads, kernels=kernels, limits=job_limits,
-                             plan_limits=self.plan_limits)
+                             plan_limits=self.plan_limits, benchmark_model=benchmark_model)
             self.jobs = JobQueue(Path(store_dir), self.task.execute, queue_cap=queue_cap,
                                  parallel=parallel_jobs)
             if ":" in host:
@@ -542,14 +544,14 @@ def serve(host: str, port: int, store_dir: str | os.PathLike, token: str | None 
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, threads: int | None = None,
           kernels: str = "xnnpack", job_timeout_s: float | None = None, queue_cap: int = 16,
           max_connections: int | None = None, tls: TLSFiles | None = None, insecure: bool = False,
-          min_free_mib: float | None = None) -> None:
+          min_free_mib: float | None = None, benchmark_model: str | None = None) -> None:
     """Run the agent until interrupted."""
     job_limits = JobLimits(job_timeout_s=job_timeout_s) if job_timeout_s else None
     connections = ConnectionLimits(max_connections=max_connections) if max_connections else None
     min_free = None if min_free_mib is None else int(min_free_mib * (1 << 20))
     server = AgentServer(host, port, store_dir, token, int(max_upload_mb * (1 << 20)), threads, kernels,
                          job_limits=job_limits, connections=connections, queue_cap=queue_cap, tls=tls,
-                         insecure=insecure, min_free_bytes=min_free)
+                         insecure=insecure, min_free_bytes=min_free, benchmark_model=benchmark_model)
     bound = server.server_address
     scheme = "https" if server.tls else "http"
     auth = "token auth" if token else "no auth, loopback only"

@@ -1,4 +1,5 @@
-"""`faceprobe-agent`: run a probe plan on this board offline (`run`) or serve jobs over HTTP (`serve`)."""
+"""`faceprobe-agent`: run a probe plan on this board offline (`run`), time models here (`bench`) or serve
+jobs over HTTP (`serve`)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ import sys
 from pathlib import Path
 
 from . import console
-from .console import non_negative_float, port_number, positive_float, positive_int
+from .console import non_negative_float, non_negative_int, port_number, positive_float, positive_int
 from .private import check_secret_file
 
 TOKEN_ENV = "FACEPROBE_AGENT_TOKEN"
 
 EXAMPLES = {
     "": """faceprobe-agent serve --store ~/store --token-file ~/.token --host 0.0.0.0 --tls-self-signed
-faceprobe-agent run model.int8.probe.tflite plan.json --out result""",
+faceprobe-agent run model.int8.probe.tflite plan.json --out result
+faceprobe-agent bench model.int8.tflite model.float32.tflite""",
     "serve": """faceprobe-agent serve --store ~/faceprobe-store            # loopback only, no token
 faceprobe-agent serve --host 0.0.0.0 --store ~/store --token-file ~/.token --tls-self-signed
 faceprobe-agent serve --host 0.0.0.0 --store ~/store --token-file ~/.token --tls-cert c.pem --tls-key k""",
     "run": """faceprobe-agent run model.int8.probe.tflite plan.json --out result
 faceprobe-agent run model.int8.probe.tflite plan.json --kind activations --out acts --json""",
+    "bench": """faceprobe-agent bench model.int8.tflite model.float32.tflite
+faceprobe-agent bench model.int8.tflite --batch 1,8 --rounds 500 --threads 4 --json
+faceprobe-agent bench model.int8.tflite --benchmark-model ./benchmark_model""",
 }
 
 
@@ -51,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--min-free-mib", type=non_negative_float, default=None,
                        help="free space the store keeps: uploads and jobs that would go below it are "
                             "answered 507 (default: a job's largest result, 128 MiB)")
+    serve.add_argument("--benchmark-model", metavar="PATH", default=None,
+                       help="TFLite's benchmark_model binary: bench jobs add its per-op-type profile")
     tls = serve.add_argument_group("TLS (needed beyond loopback)")
     tls.add_argument("--tls-cert", help="PEM certificate to serve HTTPS with (with --tls-key)")
     tls.add_argument("--tls-key", help="its PEM private key (mode 0600)")
@@ -74,7 +81,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-batch", type=positive_int, default=64, help="largest interpreter batch")
     run.add_argument("--json", action="store_true", help="print the result summary as JSON")
     _runtime_args(run)
+
+    bench = sub.add_parser(
+        "bench", help="time models on this board and measure their memory",
+        description="Time MODEL files interleaved, round by round, in the sandboxed child and interpreter "
+                    "configuration the agent runs checks in: warm-up, then timed invocations at each batch "
+                    "size on inputs drawn over the manifest's input range; min / median / p90 latency, the "
+                    "file's size and the memory it costs (peak RSS of its child over an empty child).")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help=".tflite files (manifests beside them)")
+    bench.add_argument("--rounds", type=positive_int, default=200,
+                       help="timed invocations per file and batch size")
+    bench.add_argument("--warmup", type=non_negative_int, default=10, help="untimed invocations first")
+    bench.add_argument("--batch", type=batch_sizes, default=(1,), metavar="B[,B...]",
+                       help="batch sizes to time (default 1)")
+    bench.add_argument("--max-seconds", type=positive_float, default=120.0,
+                       help="stop timing after this long, with the rounds done so far")
+    bench.add_argument("--benchmark-model", metavar="PATH", default=None,
+                       help="TFLite's benchmark_model binary: add its per-op-type profile of each file")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _runtime_args(bench)
     return parser
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive batch sizes."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive integers separated by commas, got {text!r}")
+    return sizes
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -128,13 +165,30 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchSpec, Sandboxing, local_files, run_bench, table
+    from .tasks import JobLimits
+
+    limits = JobLimits()
+    files = local_files(args.models)
+    spec = BenchSpec(rounds=args.rounds, warmup=args.warmup, batch_sizes=args.batch, threads=args.threads,
+                     max_seconds=args.max_seconds)
+    memory = [limits.model_memory_bytes + limits.job_memory_bytes] * len(files)
+    result = run_bench(files, spec, args.threads, args.kernels, None,
+                       Sandboxing(memory, limits.job_timeout_s), args.benchmark_model)
+    print(json.dumps(result, indent=2) if args.json else table({"this board": result}))
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "serve":
         from .agent import serve
 
         serve(args.host, args.port, args.store, _token(args), args.max_upload_mb, args.threads, args.kernels,
               args.job_timeout, args.queue_cap, args.max_connections, tls=_tls(args), insecure=args.insecure,
-              min_free_mib=args.min_free_mib)
+              min_free_mib=args.min_free_mib, benchmark_model=args.benchmark_model)
         console.raise_if_interrupted()  # the server stops on Ctrl-C: say so, exit 130
         return 0
     return _run(args)
@@ -143,6 +197,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _interrupt_hint(args: argparse.Namespace) -> str:
     if args.command == "serve":
         return f"stopped serving; the store {args.store} is kept"
+    if args.command == "bench":
+        return "nothing was written; run the same command again"
     return f"nothing was written to {args.out}; run the same command again"
 
 

@@ -29,7 +29,7 @@ from .files import disk_full, write_atomic
 from .private import FILE_MODE, is_plain_dir, is_plain_file, make_dir, make_file_private, read_file
 from .sandbox import DISK_FULL_MESSAGE, SandboxError, public_message
 
-KINDS = ("ascent", "activations", "embeddings")
+KINDS = ("ascent", "activations", "embeddings", "bench")
 FINISHED = ("done", "failed", "cancelled")
 _RECORD_FIELDS = ("id", "model", "kind", "status", "error", "submitted", "started", "finished")
 

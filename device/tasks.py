@@ -1,5 +1,5 @@
-"""What a job does: run a probe plan on a model (ascent, tap activations, or the embeddings of its images)
-and pack the result.
+"""What a job does: run a probe plan on a model (ascent, tap activations, or the embeddings of its images),
+or time models (bench, ``device.bench``), and pack the result.
 
 Results travel as one ``.npz``: the arrays plus ``summary_json`` (a JSON document as uint8 bytes) that
 says which kind of result it is and carries its meta (runtime, kernels, machine, plan).
@@ -24,6 +24,7 @@ from .activations import tap_activations
 from .archive import PlanArchive, PlanLimits, PlanTooLarge, read_plan
 from .ascent import DEFAULT_MAX_BATCH, validate_board_plan
 from .ascent import run_plan as run_ascent
+from .bench import BenchLimits, BenchPlan, Sandboxing, run_bench
 from .files import npz_bytes, write_atomic
 from .flatbuffer import validate_structure
 from .manifest import tap_entries
@@ -191,9 +192,11 @@ class Task:
     """Checks plans against held models and runs jobs on them, each in a sandbox child."""
 
     def __init__(self, store: ModelStore, threads: int | None = None, kernels: str = "xnnpack",
-                 limits: JobLimits | None = None, plan_limits: PlanLimits | None = None):
+                 limits: JobLimits | None = None, plan_limits: PlanLimits | None = None,
+                 bench_limits: BenchLimits | None = None, benchmark_model: str | None = None):
         self.store, self.threads, self.kernels = store, threads, kernels
         self.limits, self.plan_limits = limits or JobLimits(), plan_limits or PlanLimits()
+        self.bench_limits, self.benchmark_model = bench_limits or BenchLimits(), benchmark_model
 
     def validate_model(self, tflite: Path, manifest: Path) -> dict:
         """Check an uploaded model's structure here, then load and run it once in a sandbox; returns its
@@ -206,8 +209,10 @@ class Task:
         except sandbox.SandboxError as exc:
             raise ValueError(f"the model does not run here: {exc.message}") from None
 
-    def check(self, model_id: str, kind: str, archive: PlanArchive) -> ProbePlan:
+    def check(self, model_id: str, kind: str, archive: PlanArchive) -> ProbePlan | BenchPlan:
         """Bound a plan by its headers (PlanTooLarge), then decode it once and check it fits the model."""
+        if kind == "bench":
+            return self._check_bench(model_id, archive)
         manifest, needs = self.store.manifest(model_id), self.store.needs(model_id)
         batch = job_batch(needs, self.limits)
         need = plan_memory(kind, manifest, archive.json, archive.image_count, archive.image_shape, batch)
@@ -220,9 +225,42 @@ class Task:
         validate_plan(plan, kind, manifest)
         return plan
 
+    def _check_bench(self, model_id: str, archive: PlanArchive) -> BenchPlan:
+        if "bench" not in archive.json:
+            raise ValueError("a bench job's plan needs a 'bench' section (see device.bench.BenchPlan)")
+        plan = BenchPlan.from_archive(archive)
+        ids = [model_id, *(m for m in plan.models if m != model_id)]
+        plan.spec.check(self.bench_limits, len(ids))
+        missing = [m[:16] for m in ids if not self.store.has(m)]
+        if missing:
+            raise ValueError(f"bench models not held by this agent: {', '.join(missing)}; push them first")
+        growth = max(plan.spec.batch_sizes) * sum(self.store.needs(m)["per_image_bytes"] for m in ids)
+        share = _limits_share(self.limits)[0]
+        if growth > share:
+            raise PlanTooLarge(f"batch {max(plan.spec.batch_sizes)} of these models needs about "
+                               f"{growth >> 20} MiB; this agent allows {share >> 20} MiB of batches per job")
+        shapes = {tuple(self.store.manifest(m)["input"]["shape"][1:]) for m in ids}
+        if len(shapes) > 1 or (len(plan.images) and {archive.image_shape} != shapes):
+            raise ValueError(f"bench models and images must share one input shape, got {sorted(shapes)} "
+                             f"and images {archive.image_shape}")
+        return BenchPlan(plan.spec, plan.images, ids[1:])
+
+    def bench(self, model_ids: list[str], plan: BenchPlan, cancel: threading.Event | None = None) -> dict:
+        """A checked bench job on held models, each piece in a sandbox child (see ``device.bench``)."""
+        files = [self.store.paths(m) for m in model_ids]
+        memory = [self.store.needs(m)["memory_bytes"] + self.limits.job_memory_bytes for m in model_ids]
+        return run_bench(files, plan.spec, self.threads, self.kernels, plan.images,
+                         Sandboxing(memory, self.limits.job_timeout_s, cancel), self.benchmark_model)
+
     def execute(self, model_id: str, kind: str, plan_path: Path, result_path: Path,
                 cancel: threading.Event | None = None) -> None:
         """Run a checked plan (saved at ``plan_path``) in a sandbox; SandboxError when it fails."""
+        if kind == "bench":
+            plan = BenchPlan.from_bytes(plan_path)
+            stats = self.bench([model_id, *plan.models], plan, cancel)
+            write_atomic(result_path, encode({"values": {}, "embedding": None, "stats": stats,
+                                              "meta": {"kind": "bench", "spec": plan.spec.to_json()}}))
+            return
         tflite, manifest = self.store.paths(model_id)
         needs = self.store.needs(model_id)
         args = (str(tflite), str(manifest), str(plan_path), kind, str(result_path), self.threads,

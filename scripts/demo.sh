@@ -3,7 +3,8 @@
 #   synthesise faces -> train a tiny face CNN -> verification table -> gradient-ascent probe + HTML report
 #   -> int8 TFLite export -> a board agent on loopback (separate process) -> the pre-release check on it
 #   -> when it fails, the cheapest passing recipe from its fix search, exported and checked again: a
-#   model to ship (or an honest "no recipe passes").
+#   model to ship (or an honest "no recipe passes"), and the board's own clock decides between the kept
+#   quantized file and float32: the demo ends in the file both kept and fastest where it was judged.
 # Everything lands in runs/demo/ (or the folder given as $1).
 source "$(dirname "$0")/_venv.sh"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
@@ -74,6 +75,25 @@ if [ "$VERDICT" -eq 1 ]; then
     --search never --out "$RUN/check-fixed"
   REPORT="$RUN/check-fixed/report.html"
 fi
+
+# The check timed the kept file beside float32 on the board (interleaved there): ship the faster one.
+SHIP="$(python - "${REPORT%.html}.json" "$SHIP" "$RUN/export/model.float32.tflite" <<'PY'
+import json, sys
+report, kept, float32 = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+board = report["boards"][-1]
+speed = board["speed"]
+line = (f"on {board['name']}: {report['summary']['variant']} {speed['latency_ms']:.3f} ms, float32 "
+        f"{speed['float32_latency_ms']:.3f} ms at batch 1 ({speed['speedup_b1']:.2f}x)")
+if speed["speedup_b1"] >= 1.0:
+    print(f"The kept file is also the faster one {line}.", file=sys.stderr)
+    print(kept)
+else:
+    print(f"float32 is the faster file to ship on this machine: {line}. The quantized file keeps the "
+          "features; ship it on a board whose own figures (faceprobe bench --agent URL) say it is faster.",
+          file=sys.stderr)
+    print(float32)
+PY
+)"
 
 printf '\nDemo outputs in %s:\n  probe report  %s\n  check report  %s\n  model to ship %s\n' "$RUN" \
   "$RUN/probe/report.html" "$REPORT" "$SHIP"

@@ -1,5 +1,5 @@
 """`faceprobe`: one CLI whose subcommands mirror the flow (data, train, evaluate, probe, export, check,
-deploy, report). Each subcommand lives in toolkit/commands/<name>.py with `add_parser` and `run`."""
+bench, deploy, report). Each subcommand lives in toolkit/commands/<name>.py with `add_parser` and `run`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from device import console
 
 from .remote import AgentError
 
-COMMANDS = ("data", "train", "derive", "evaluate", "probe", "export", "check", "deploy", "report", "import")
+COMMANDS = ("data", "train", "derive", "evaluate", "probe", "export", "check", "bench", "deploy", "report",
+            "import")
 # Subcommand -> module where the name is a Python keyword.
 MODULES = {"import": "imports"}
 COMMAND_ATTRS = ("command", "data_command")  # the attributes naming the subcommand (and its action)
@@ -45,6 +46,8 @@ faceprobe export runs/tiny/model.keras --variants int8 --calibration faces --out
     "check": """faceprobe check runs/tiny/model.keras --variant int8 --out runs/tiny/check
 faceprobe check runs/orl/model.keras --data att_faces --identities s31-s40 --calibration att_faces \\
     --calibration-identities s1-s30 --agent http://pi.local:8765 --out runs/orl/check""",
+    "bench": """faceprobe bench runs/tiny/export/model.int8.tflite runs/tiny/export/model.float32.tflite
+faceprobe bench runs/tiny/export/model.*.tflite --agent http://pi.local:8765 --threads 4 --json""",
     "deploy": "faceprobe deploy runs/tiny/export/model.int8.probe.tflite --agent http://pi.local:8765",
     "report": """faceprobe report runs/tiny/probe
 faceprobe report runs/tiny/check""",

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.check.damage import damaged_copy
     from toolkit.check.runner import float_verification, load_faces, prepare_data
     from toolkit.check.session import CheckSession
+    from toolkit.check.speed import HOST, Pricer
     from toolkit.export import Calibration, Recipe, export_keras, load_recipe
     from toolkit.modelfile import load_face_model
     from toolkit.zoo import list_taps
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                   damaged_copy(model, sound, middle, out / "bits4", "weights", 4)),
                  (f"int8, {middle} range clipped to a tenth", "fail",
                   damaged_copy(model, sound, middle, out / "clip", "range", 0.1))]
-        session = CheckSession(model, meta, model_path, data, thresholds, calib, cases[0][2], out)
+        session = CheckSession(model, meta, model_path, data, thresholds, calib, cases[0][2], out,
+                               Pricer(HOST))
         reference = session.feature_reference(opts)
         lagged = run_check(lagging_batchnorm(model_path, out / "bn-lag"), out / "bn-lag-check",
                            recipe=Recipe("int8", calibration=Calibration(

@@ -47,6 +47,7 @@ def _args(argv):
         help="input size of the fast operating point (default 112 for dlib's port; none for --teacher)",
     )
     p.add_argument("--fast-minutes", type=float, help="bound on the fast point's fine-tuning")
+    p.add_argument("--no-fast", action="store_true", help="skip the fast operating point")
     p.add_argument(
         "--part",
         choices=("all", "main", "fast"),
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print("training and evaluation identities overlap", file=sys.stderr)
         return 2
 
-    fast_size = args.fast_size or (None if args.teacher else 112)
+    fast_size = None if args.no_fast else args.fast_size or (None if args.teacher else 112)
     if args.part in ("all", "main"):
         result = _derive(teacher_path, out / "run", cfg, args, train_ids, align, log)
     fast = None
@@ -232,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     files = [t_int8, s_int8] + (
         [_int8(fast.model_path, calib, out / "fast-export", fast_size)] if fast else []
     )
-    t_ms, s_ms, *f_ms = latency_ms_any(files, 5 if args.quick else 200)
+    from device.bench import latency_ms  # each file on its own input size, timed round by round
+
+    t_ms, s_ms, *f_ms = latency_ms(files, 5 if args.quick else 200)
     report = {
         "params": result.params,
         "macs": result.macs,
@@ -278,29 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in report.items():
             print(f"{key:32s} {value}")
     return 0
-
-
-def latency_ms_any(files, repeats):
-    """Batch-1 latency of tflite files that may take different input sizes, timed round by round."""
-    import time
-
-    from device.runtime import Runtime
-
-    runtimes = [Runtime(f, threads=1) for f in files]
-    # Real faces' range, not zeros: a uniform image in the normalised range.
-    xs = [
-        np.random.default_rng(0).uniform(-1, 1, (1, *rt.manifest["input"]["shape"][1:])).astype(np.float32)
-        for rt in runtimes
-    ]
-    times = [[] for _ in runtimes]
-    for rt, x in zip(runtimes, xs, strict=True):
-        rt.run(x)
-    for _ in range(repeats):
-        for rt, x, t in zip(runtimes, xs, times, strict=True):
-            t0 = time.perf_counter()
-            rt.run(x)
-            t.append(time.perf_counter() - t0)
-    return [min(t) * 1000 for t in times]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from device import tasks
+from device.bench import BenchSpec
 from device.plan import ProbePlan, ProbeResult
 from device.runtime import Runtime
 
@@ -29,6 +30,7 @@ class Board(Protocol):
     """A place the deploy and probe files of one variant run."""
 
     name: str
+    deploy_path: Path  # the deploy file on this machine
 
     def info(self) -> dict:
         """The runtime configuration each file ran in."""
@@ -41,6 +43,9 @@ class Board(Protocol):
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         """The plan by finite differences on the probe file."""
+
+    def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
+        """``files`` timed interleaved where this board runs them."""
 
 
 def _embedding_plan(images: np.ndarray) -> ProbePlan:
@@ -62,6 +67,7 @@ class LocalBoard:
         self.deploy = Runtime(deploy_tflite, threads=threads, kernels=kernels)
         self.probe = Runtime(probe_tflite, threads=threads, kernels=kernels)
         self.name = "host"
+        self.deploy_path, self.threads, self.kernels = Path(deploy_tflite), threads, kernels
 
     def info(self) -> dict:
         return {"deploy": runtime_config(self.deploy.info()), "probe": runtime_config(self.probe.info())}
@@ -77,6 +83,12 @@ class LocalBoard:
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         return tasks.run(self.probe, plan, "ascent")
 
+    def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
+        """``files`` timed interleaved here, in sandbox children with this board's threads and kernels."""
+        from ..speed import bench_host
+
+        return bench_host(files, spec, self.threads, self.kernels, images)
+
 
 class RemoteBoard:
     """A board agent (`faceprobe-agent serve`) holding the deploy and the probe file; ``deploy`` and
@@ -86,6 +98,7 @@ class RemoteBoard:
                  probe_tflite: str | os.PathLike):
         self.client = client
         self.name = client.url
+        self.deploy_path = Path(deploy_tflite)
         self.deploy = client.push(Path(deploy_tflite))
         self.probe = client.push(Path(probe_tflite))
         self._health = client.health()
@@ -113,3 +126,9 @@ class RemoteBoard:
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         return self._run("probe", plan, "ascent")
+
+    def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
+        """``files`` timed interleaved by the agent's bench job, in its own configuration."""
+        from ..speed import bench_agent
+
+        return bench_agent(self.client, files, spec, images)

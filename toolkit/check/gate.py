@@ -19,6 +19,7 @@ CHECKS = {
     "accuracy_drop_pp": ("identities", "max_accuracy_drop_pp", "max"),
     "embedding_cosine": ("identities", "min_embedding_cosine", "min"),
     "flip_fraction": ("identities", "max_flip_fraction", "max"),
+    "speedup_b1": ("speed", "min_speedup", "min"),
 }
 
 

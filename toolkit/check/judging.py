@@ -5,14 +5,11 @@ Shared by the check (``runner``) and its fix search (``search``), which import t
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from device.plan import ProbeResult
-from device.runtime import Runtime
 
 from ..data import FaceSet, Pairs
 from .boards import Board
@@ -29,25 +26,6 @@ class CheckData:
     float_embeddings: np.ndarray  # float Keras
     pairs: Pairs
     sample: np.ndarray  # indices of the tap-level faces
-
-
-def latency_ms(tflites: list[Path], image_shape: tuple[int, ...], repeats: int = 200) -> list[float]:
-    """Best-of-``repeats`` batch-1 latency of each model in this machine's interpreter (XNNPACK, 1 thread),
-    the models timed in turn round by round so that load from other processes falls on all alike;
-    other processes only ever add time, so the minimum is the model's own. 30 rounds left the ratio of two
-    files with the same graph 10 % apart under load; 200 hold it within 2 % (a millisecond model costs
-    well under a second)."""
-    runtimes = [Runtime(t, threads=1) for t in tflites]
-    x = np.zeros((1, *image_shape), np.float32)
-    for runtime in runtimes:
-        runtime.run(x)
-    times: list[list[float]] = [[] for _ in runtimes]
-    for _ in range(repeats):
-        for runtime, samples in zip(runtimes, times, strict=True):
-            t0 = time.perf_counter()
-            runtime.run(x)
-            samples.append(time.perf_counter() - t0)
-    return [float(np.min(samples) * 1000) for samples in times]
 
 
 def measured_checks(taps: list[dict], features: dict | None, identities: dict) -> dict[str, float | None]:

@@ -24,7 +24,8 @@ class CheckOptions:
     Gate: ``thresholds`` (a TOML file overriding the defaults). Boards: ``agents`` (URLs of board
     agents, judged in parallel beside the host), their bearer ``token`` and ``trust`` (how their
     certificates are trusted). Search: ``search``, one of
-    "on-fail", "always", "never" ("exhaustive": every candidate, for the full table). How much is
+    "on-fail", "always", "never" ("exhaustive": every candidate, for the full table), its recipes priced on
+    ``price_on`` ("host" or an agent URL; default: the first agent, else the host). How much is
     measured: faces at the tap level (``sample``), the feature level's start images, DCT subspace size
     and steps (``feature_images``, ``subspace_size``, ``steps``; ``features=False`` skips that level),
     and the ``seed`` of every draw.
@@ -38,6 +39,7 @@ class CheckOptions:
     token: str | None = None
     trust: Trust | None = None
     search: str = "on-fail"
+    price_on: str | None = None
     sample: int = 32
     feature_images: int = 1
     features: bool = True

@@ -21,19 +21,22 @@ from .. import atomic
 from ..data import FaceSet, load_identity_folders, make_pairs, normalize, synthesize
 from ..evaluate import embed
 from ..export import Recipe, export_keras, file_name, validate_source
+from ..export.prefixes import export_prefixes
 from ..modelfile import load_face_model
 from ..params import ParameterError
 from ..remote import Fleet
 from ..report.check_page import render_check
-from .boards import LocalBoard, RemoteBoard
+from .boards import Board, LocalBoard, RemoteBoard
 from .gate import load_thresholds
 from .judging import BoardResult, CheckData
 from .levels import FeatureReference, identity_level
 from .options import CheckOptions
 from .search import JudgedRecipe, search_recipes
 from .session import CheckSession
+from .speed import HOST, IMAGES, Pricer, slower_warning, with_speed
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
+SPEED_SUMMARY = ("latency_ms", "float32_latency_ms", "speedup_b1")
 
 
 def load_faces(data: str | os.PathLike | None, size: int, out: Path,
@@ -160,14 +163,26 @@ def inconclusive(base: dict, why: str, variant: str, out: Path) -> dict:
 
 
 def judge_boards(session: CheckSession, files: dict[str, Path], reference: FeatureReference | None,
-                 opts: CheckOptions) -> list[BoardResult]:
-    """The host, then every agent of ``opts.agents`` at once (one thread each), each holding ``files``."""
-    host = session.judge(LocalBoard(files["deploy"], files["probe"]), files, reference)
+                 opts: CheckOptions) -> list[tuple[Board, BoardResult]]:
+    """The host, then every agent of ``opts.agents`` at once (one thread each), each holding ``files``:
+    (board, its result) in that order."""
+    def judged(board: Board) -> tuple[Board, BoardResult]:
+        return board, session.judge(board, files, reference)
+
+    host = judged(LocalBoard(files["deploy"], files["probe"]))
     if not opts.agents:
         return [host]
     remote = Fleet(opts.agents, opts.token, trust=opts.trust).map(
-        lambda client: session.judge(RemoteBoard(client, files["deploy"], files["probe"]), files, reference))
+        lambda client: judged(RemoteBoard(client, files["deploy"], files["probe"])))
     return [host, *remote.values()]
+
+
+def time_boards(judged: list[tuple[Board, BoardResult]], session: CheckSession,
+                prefixes: dict[str, Path]) -> list[BoardResult]:
+    """Every judged board's speed, one board after the other (a board timed while the host works for
+    another would time the host's load)."""
+    return [with_speed(board, result, session.float32["deploy"], prefixes, session.data.images,
+                       session.thresholds) for board, result in judged]
 
 
 def summary(recipe: Recipe, boards: list[BoardResult], found: dict | None) -> dict:
@@ -186,9 +201,12 @@ def summary(recipe: Recipe, boards: list[BoardResult], found: dict | None) -> di
         "first_broken_tap": host.localisation["first_broken_tap"],
         "failed_checks": sorted({f"{b.name}:{name}" for b in boards for name in b.failed_checks}),
         "boards": [b.name for b in boards],
+        "speed": {b.name: {k: b.speed[k] for k in SPEED_SUMMARY} for b in boards},
+        "speed_warnings": [w for b in boards if (w := slower_warning(b.name, b.speed, recipe.variant))],
         "search": None if found is None else {"best": found["best_label"],
                                               "recipe_file": found["recipe_file"],
-                                              "tried": len(found["rows"]) - 1},
+                                              "tried": len(found["rows"]) - 1,
+                                              "priced_on": found["priced_on"]},
     }
 
 
@@ -211,6 +229,8 @@ def run_check(model_path: str | os.PathLike, out_dir: str | os.PathLike, recipe:
                                        "dynamic_int8, int8 or int16x8")
     out = validate_out_dir(out_dir)
     thresholds = load_thresholds(opts.thresholds)
+    # An unreachable pricing board fails here, before the check's long work.
+    pricer = Pricer(opts.price_on or (opts.agents[0] if opts.agents else HOST), opts.token, opts.trust)
     model, meta = load_face_model(model_path)
     recipe, taken = checked_recipe(recipe, quantized, model, model_path)
     bar = tqdm(total=5, desc="check", disable=not progress, unit="stage")
@@ -231,14 +251,21 @@ def run_check(model_path: str | os.PathLike, out_dir: str | os.PathLike, recipe:
     exported = export_keras(model, meta, out / "export", ["float32"] + ([] if taken else [recipe]),
                             calibration=calibration, source=Path(model_path))
     exported[recipe.variant] = taken or exported[recipe.variant]
+    # Cut after each stage's last tap: each board prices its stages with them.
+    prefixes = export_prefixes(model, meta, recipe, out / "export" / "prefixes", calibration,
+                               Path(model_path))
+    pricer.images = data.images[:IMAGES]
     session = CheckSession(model, meta, Path(model_path), data, thresholds, calibration, exported["float32"],
-                           out)
+                           out, pricer)
     bar.update()
     bar.set_postfix_str("features")
     reference = session.feature_reference(opts) if opts.features else None
     bar.set_postfix_str("boards")
-    boards = judge_boards(session, exported[recipe.variant], reference, opts)
-    bar.update(2)
+    judged = judge_boards(session, exported[recipe.variant], reference, opts)
+    bar.update()
+    bar.set_postfix_str("speed")
+    boards = time_boards(judged, session, prefixes)
+    bar.update()
     passed = all(b.passed for b in boards)
     bar.set_postfix_str("search")
     found = (search_recipes(session, JudgedRecipe(recipe, exported[recipe.variant], boards[0], passed),

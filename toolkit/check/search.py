@@ -8,7 +8,9 @@ than float ones, as XNNPACK's are on x86, it is also the fastest int8; see docs/
 blocks the localisation names kept in float (one, then two, then three), int16 activations everywhere,
 float16.
 Each candidate is judged on the host at the tap and identity levels (the feature level is the slowest;
-check the chosen recipe again for it) and priced in deploy size and batch-1 latency against float32.
+check the chosen recipe again for it) and priced in deploy size and batch-1 latency against float32,
+timed on the board the search is told to price on (``--price-on``: int8 kernels that are slow on x86
+can be fast on ARM).
 LiteRT's 16x8 quantizer takes no per-block exceptions, so int16 for only the localised blocks is not a
 candidate.
 """
@@ -22,7 +24,7 @@ import keras
 
 from ..export import Recipe
 from .boards import LocalBoard
-from .judging import BoardResult, latency_ms
+from .judging import BoardResult
 from .session import CheckSession
 
 MAX_KEEP_FLOAT = 3
@@ -78,13 +80,13 @@ def judge_recipe(session: CheckSession, recipe: Recipe, out: Path) -> JudgedReci
     return JudgedRecipe(recipe, files, host, host.passed)
 
 
-def price(files: dict, float32_deploy: Path, shape: tuple[int, ...]) -> dict:
-    """Deploy size and batch-1 latency as fractions of the float32 deploy file's, timed side by side."""
-    deploy = Path(files["deploy"])
-    ms, reference_ms = latency_ms([deploy, Path(float32_deploy)], shape)
-    return {"bytes": deploy.stat().st_size,
-            "size_ratio": deploy.stat().st_size / Path(float32_deploy).stat().st_size,
-            "latency_ms": ms, "float32_latency_ms": reference_ms, "speedup_b1": reference_ms / ms}
+def price(files: dict, session: CheckSession) -> dict:
+    """Deploy size and batch-1 latency against the float32 deploy file's, timed side by side where
+    ``session.pricer`` measures (the host or a board)."""
+    deploy, float32_deploy = Path(files["deploy"]), Path(session.float32["deploy"])
+    size = deploy.stat().st_size
+    return {"bytes": size, "size_ratio": size / float32_deploy.stat().st_size,
+            **session.pricer(deploy, float32_deploy)}
 
 
 def pareto(rows: list[dict]) -> None:
@@ -101,12 +103,11 @@ def pareto(rows: list[dict]) -> None:
 def search_recipes(session: CheckSession, checked: JudgedRecipe, exhaustive: bool = False) -> dict:
     """Try the candidates after ``checked`` in order until one passes (``exhaustive``: try them all, for the
     full table), each exported under ``session.out / "search"``; returns the table (the checked recipe
-    first), the best recipe (the first that passes; None when none does) and where it was written
-    (``search/recipe.toml``)."""
+    first) priced where ``session.pricer`` measures, the best recipe (the first that passes; None when
+    none does) and where it was written (``search/recipe.toml``)."""
     out, base = session.out / "search", checked.recipe
-    shape = tuple(session.meta["input_shape"])
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
-             **price(checked.files, session.float32["deploy"], shape), "drop_pp": checked.host.drop_pp,
+             **price(checked.files, session), "drop_pp": checked.host.drop_pp,
              "drop_se_pp": checked.host.drop_se_pp, "passed": checked.passed}]
     best = base if checked.passed else None
     depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in session.model.layers)
@@ -115,7 +116,7 @@ def search_recipes(session: CheckSession, checked: JudgedRecipe, exhaustive: boo
     for i, (name, recipe) in enumerate(tried, 1):
         judged = judge_recipe(session, recipe, out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
-                     **price(judged.files, session.float32["deploy"], shape), "drop_pp": judged.host.drop_pp,
+                     **price(judged.files, session), "drop_pp": judged.host.drop_pp,
                      "drop_se_pp": judged.host.drop_se_pp, "passed": judged.passed,
                      "failed_checks": judged.host.failed_checks,
                      "files": {k: str(v) for k, v in judged.files.items()}})
@@ -127,4 +128,4 @@ def search_recipes(session: CheckSession, checked: JudgedRecipe, exhaustive: boo
     written = str(best.save(out / "recipe.toml")) if best else None
     return {"rows": rows, "best": None if best is None else best.to_dict(),
             "best_label": None if best is None else best.label(), "recipe_file": written,
-            "judged_at": ["taps", "identities"]}
+            "judged_at": ["taps", "identities"], "priced_on": session.pricer.name}

@@ -17,12 +17,14 @@ from .boards import Board, LocalBoard
 from .judging import BoardResult, CheckData, check_board
 from .levels import FeatureReference, feature_reference, tap_scales
 from .options import CheckOptions
+from .speed import Pricer
 
 
 @dataclass(frozen=True)
 class CheckSession:
     """One check's shared state. ``float32``: the float32 deploy and probe files (the feature level's
-    reference and the search's price); ``out``: the check's folder."""
+    reference and the search's price); ``out``: the check's folder; ``pricer``: where the search's
+    recipes are timed (the host or a board)."""
 
     model: keras.Model
     meta: dict
@@ -32,6 +34,7 @@ class CheckSession:
     calibration: np.ndarray
     float32: dict[str, Path]
     out: Path
+    pricer: Pricer
 
     def export(self, recipes: Sequence[Recipe], out: Path) -> dict[str, dict[str, Path]]:
         """Export ``recipes`` of the session's model into ``out``, calibrated on the session's faces."""

@@ -66,6 +66,9 @@ def add_parser(subparsers) -> None:
                    help="the fix search: recipes in order of cost (better calibration, depthwise convs in "
                         "float, the localised blocks in float, int16 activations, float16), each checked on "
                         "the same pairs, until one passes (default on-fail; --search alone: always)")
+    p.add_argument("--price-on", default=None, metavar="host|URL",
+                   help="where the fix search times each recipe against float32: 'host' or an agent URL "
+                        "(default: the first --agent, else the host)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the sampled faces, the pairs and the finite-difference perturbations")
     p.add_argument("--json", action="store_true", help="print the report's summary as JSON")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         options = CheckOptions(data=args.data, identities=args.identities, align=args.align,
                                thresholds=args.thresholds, agents=args.agent,
                                token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args),
-                               search=args.search,
+                               search=args.search, price_on=args.price_on,
                                sample=args.sample, feature_images=args.feature_images,
                                features=not args.no_features, subspace_size=args.feature_subspace,
                                seed=args.seed)
@@ -148,15 +151,25 @@ def print_summary(report: dict, out: str) -> None:
         c = board["info"].get("deploy", {})
         print(f"  {board['name']}: {c.get('runtime')} {c.get('runtime_version')}, {c.get('kernels')} "
               f"kernels, threads {c.get('threads') or 'default'}, {c.get('machine')} (deploy file judged)")
+        print("    " + speed_line(summary["variant"], board["speed"]))
     if report["search"]:
         print(search_table(report["search"]))
     print(f"  report: {out}/report.html")
 
 
+def speed_line(variant: str, speed: dict) -> str:
+    """One board's speed: the deploy file beside float32, timed interleaved there."""
+    rss = speed["peak_rss_mib"]
+    memory = "" if rss is None else f", {rss:.1f} MiB vs {speed['float32_peak_rss_mib']:.1f} MiB peak RSS"
+    return (f"speed: {variant} {speed['latency_ms']:.3f} ms vs float32 {speed['float32_latency_ms']:.3f} ms "
+            f"at batch 1 ({speed['speedup_b1']:.2f}x){memory}, threads {speed['threads'] or 'default'}")
+
+
 def search_table(found: dict) -> str:
-    """The fix search's table (size and batch-1 latency against float32) and its outcome."""
+    """The fix search's table (size and batch-1 latency against float32, where priced) and its outcome."""
     levels = " and ".join(found["judged_at"])
-    lines = [f"  fix search (judged at {levels}; size and batch-1 latency vs float32):",
+    lines = [f"  fix search (judged at {levels}; size and batch-1 latency vs float32, priced_on "
+             f"{found['priced_on']}):",
              f"  {'recipe':<44}{'size':>7}{'speedup':>9}{'drop pp':>9}{'± se':>7}  verdict"]
     for r in found["rows"]:
         verdict = "pass" if r["passed"] else "fail"

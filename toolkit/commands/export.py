@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     validate_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
-    from ..check.judging import latency_ms
+    from device.bench import latency_ms
+
     from ..export import ExportVerificationError, export_model
 
     recipes = recipes_from_args(args)
@@ -107,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
     paths = [path for roles in files.values() for path in roles.values()]
     manifests = {path: load_manifest(manifest_path_for(path)) for path in paths}
     # All files timed in one interleaved run, so load from other processes falls on all alike.
-    shape = tuple(next(iter(manifests.values()))["input"]["shape"][1:])
-    latencies = dict(zip(paths, latency_ms(paths, shape), strict=True))
+    latencies = dict(zip(paths, latency_ms(paths), strict=True))
     summary = {}
     for variant, roles in files.items():
         summary[variant] = {}
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"variants": summary}, indent=2))
         return 0
-    # Latency: best of 30 batch-1 runs on this machine's interpreter, 1 thread (as the check measures it).
+    # Latency: best of 200 interleaved batch-1 runs on this machine's interpreter, 1 thread.
     print(f"{'variant':<14}{'role':<8}{'bytes':>10}{'b1 ms':>9}  {'deploy~probe cos':>16}  "
           f"{'vs Keras cos':>12}  file")
     for variant, roles in summary.items():

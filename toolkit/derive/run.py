@@ -262,7 +262,9 @@ def derive(teacher_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Der
 
         centre = mean_embedding(teacher, pool, norm)
     d = Distiller(teacher, student, hints, cfg, norm, strategy, centre)
-    fingerprint = {"teacher_sha256": _sha256(teacher_path), "config": cfg.to_dict(),
+    # The settings as the run recorded them: a setting added since, at its default, is the same run.
+    fingerprint = {"teacher_sha256": _sha256(teacher_path),
+                   "config": src.record["config"] if src.record else cfg.to_dict(),
                    "student_params": int(student.count_params())}
     start, history = 0, []
     if src.record is not None and checkpoint_path(run_dir).exists():

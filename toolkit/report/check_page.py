@@ -15,6 +15,7 @@ from ..atomic import write_bytes
 from ..zoo import STAGES
 from . import grids
 from .blocks import STYLE, img_tag, key_value_table, table
+from .speed_chart import speed_section
 
 TAP_KEYS = ["tap", "stage", "sqnr_db", "cosine", "rmse_over_scale", "saturation", "noise_added"]
 FEATURE_KEYS = ["tap", "channel", "change_correlation", "image_correlation", "gradient_cosine",
@@ -130,8 +131,9 @@ def _search(found: dict | None) -> str:
     outcome = (f"Cheapest passing recipe: <code>{html.escape(found['best_label'])}</code>, written to "
                f"<code>{html.escape(found['recipe_file'])}</code>." if found["best"]
                else "<b>No recipe passes.</b>")
+    where = html.escape(str(found.get("priced_on", "host")))
     return (f"<p>Recipes in order of cost, judged at {' and '.join(found['judged_at'])}; size and batch-1 "
-            f"latency against float32. {outcome}</p>" + table(rows, list(rows[0])))
+            f"latency against float32, priced on {where}. {outcome}</p>" + table(rows, list(rows[0])))
 
 
 def render_check(run_dir: str | os.PathLike) -> Path:
@@ -178,6 +180,8 @@ def render_check(run_dir: str | os.PathLike) -> Path:
                   "error over pairs)</p>",
                   img_tag(identity_figure(board, out / "figures" / f"identities_board{i}.png"),
                           "pair scores")]
+        if board.get("speed"):
+            parts.append(speed_section(report["summary"]["variant"], board["speed"]))
     parts += ["<h2>Fix search</h2>", _search(report.get("search")), "</body></html>"]
     html_path = out / "report.html"
     write_bytes(html_path, "\n".join(parts).encode())

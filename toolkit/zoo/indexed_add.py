@@ -22,8 +22,9 @@ class IndexedAdd(keras.layers.Layer):
         n = int(x.shape[-1])
         if row == list(range(n)):
             return x
-        # The zero channel at position n stands for "nothing lands here".
-        padded = keras.ops.concatenate([x, keras.ops.zeros_like(x[..., :1])], axis=-1)
+        # The zero channel at position n stands for "nothing lands here". A pad, not a concatenation with
+        # zeros_like: the converter keeps a pad and a gather in int8, where zeros_like leaves a float island.
+        padded = keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, 1]])
         return keras.ops.take(padded, [n if c < 0 else c for c in row], axis=-1)
 
     def call(self, inputs):
