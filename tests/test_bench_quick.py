@@ -41,7 +41,8 @@ BENCHES = {
 
 
 # Benchmarks whose quick mode runs in their own module's tests.
-TESTED_ELSEWHERE = {"derive": "tests/test_derive.py", "agent_faults": "tests/test_agent_faults.py"}
+TESTED_ELSEWHERE = {"derive": "tests/test_derive.py", "agent_faults": "tests/test_agent_faults.py",
+                    "board_speed": "tests/test_bench_board.py"}
 
 
 def test_every_benchmark_is_listed():
