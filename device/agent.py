@@ -54,9 +54,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import __version__
+from .archive import PlanArchive, PlanLimits, PlanTooLarge
 from .files import disk_full
 from .jobs import KINDS, JobQueue, QueueFull
-from .plan import PlanArchive, PlanLimits, PlanTooLarge
 from .store import ModelStore, StoreConflict, StoreError, is_model_id
 from .tasks import JobLimits, Task
 from .tls import TLSFiles

@@ -55,7 +55,7 @@ def random_rotation(rng: np.random.Generator, k: int) -> np.ndarray:
     return q * np.sign(np.diag(r))[None, :]
 
 
-def check_board_plan(plan: ProbePlan) -> None:
+def validate_board_plan(plan: ProbePlan) -> None:
     """Refuse what finite differences on a board cannot do, saying what to use instead."""
     if plan.subspace.get("kind") == "full":
         raise ValueError(
@@ -145,7 +145,7 @@ class _Batcher:
 
 def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> ProbeResult:
     """Run ``plan`` on ``runtime`` (a ``device.runtime.Runtime``) by finite differences in its subspace."""
-    check_board_plan(plan)
+    validate_board_plan(plan)
     plan.validate(runtime.taps, runtime.input_shape)
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from . import sandbox
+from .archive import PlanArchive, PlanTooLarge
 from .files import npz_bytes
 from .manifest import load_manifest, manifest_path_for
-from .plan import PlanArchive, PlanTooLarge, ProbePlan
+from .plan import ProbePlan
 from .runtime import Runtime
 from .sandbox import vm_bytes
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from .manifest import ModelFileError, check_tflite_bytes
+from .manifest import ModelFileError, validate_tflite_bytes
 
 # Bytes per element of TFLite's TensorType values (0 FLOAT32 ... 17 INT4); unknown types count as 8.
 _TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 5: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 13: 4,
@@ -30,7 +30,7 @@ class TFLiteStructure:
         self.slots: list[tuple[int, int, str]] = []  # (offset, width in bytes, field)
 
     def check(self) -> None:
-        check_tflite_bytes(self.data, "the uploaded model")
+        validate_tflite_bytes(self.data, "the uploaded model")
         try:
             self._model(self._u32(0))
         except (struct.error, IndexError) as exc:
@@ -132,6 +132,6 @@ class TFLiteStructure:
                 self._scalar(op, 3, "B", "operator.builtin_options_type")
 
 
-def check_structure(data: bytes, max_tensor_bytes: int = 1 << 30) -> None:
+def validate_structure(data: bytes, max_tensor_bytes: int = 1 << 30) -> None:
     """Raise ModelFileError when ``data`` is not a structurally sound TFLite model (see the module doc)."""
     TFLiteStructure(data, max_tensor_bytes).check()

@@ -22,6 +22,8 @@ import json
 import os
 from pathlib import Path
 
+from .fields import is_int, is_number, require, require_type
+
 MANIFEST_SCHEMA = "faceprobe.manifest/1"
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
 ROLES = ("deploy", "probe")
@@ -55,7 +57,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def check_tflite_bytes(data: bytes, name: str = "model") -> None:
+def validate_tflite_bytes(data: bytes, name: str = "model") -> None:
     """Refuse bytes that are not a TFLite flatbuffer (checks the ``TFL3`` identifier)."""
     if len(data) < 8:
         raise ModelFileError(f"{name} is {len(data)} bytes long: truncated or empty, not a .tflite file; "
@@ -71,7 +73,7 @@ def read_tflite(path: str | os.PathLike, manifest: dict | None = None) -> bytes:
     if not p.is_file():
         raise ModelFileError(f"no model file at {p}: pass the .tflite written by `faceprobe export`")
     data = p.read_bytes()
-    check_tflite_bytes(data, str(p))
+    validate_tflite_bytes(data, str(p))
     if manifest is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != manifest["sha256"]:
@@ -144,18 +146,11 @@ _DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32")
 
 
 def _typed(value, kind: type, where: str, want: str, ok=lambda v: True) -> None:
-    right = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not (right and ok(value)):
-        raise ManifestError(f"{where} must be {want}, got {repr(value)[:80]}")
-
-
-def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and value == value and abs(value) != float("inf"))
+    require_type(value, kind, where, want, ok, ManifestError)
 
 
 def _is_quantization(value: dict) -> bool:
-    return _is_number(value.get("scale")) and value["scale"] > 0 and _is_number(value.get("zero_point"))
+    return is_number(value.get("scale")) and value["scale"] > 0 and is_number(value.get("zero_point"))
 
 
 def _check_tensor(entry: dict, where: str) -> None:
@@ -165,12 +160,11 @@ def _check_tensor(entry: dict, where: str) -> None:
     _typed(entry["dtype"], str, f"{where} dtype", f"one of {_DTYPES}", lambda v: v in _DTYPES)
     _typed(entry["shape"], list, f"{where} shape", "a list of positive integers (null first)",
            lambda v: 1 <= len(v) <= 8 and all(
-               (d is None and i == 0) or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM)
+               (d is None and i == 0) or (is_int(d) and 0 < d <= MAX_DIM)
                for i, d in enumerate(v)))
     for key in ("scale", "zero_point"):
-        if entry[key] is not None and not _is_number(entry[key]):
-            raise ManifestError(f"{where} {key} must be a finite number or null, "
-                                f"got {repr(entry[key])[:80]}")
+        require(entry[key] is None or is_number(entry[key]), f"{where} {key}", "a finite number or null",
+                entry[key], ManifestError)
     quant = entry.get("int8")
     if quant is not None:
         _typed(quant, dict, f"{where} int8", "{scale: number, zero_point: number} or null",

@@ -13,18 +13,16 @@ where d is the ascent direction (the gradient, or its projection on the plan's s
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from . import subspace as _subspace
+from .fields import is_int, is_number, require, require_pair
 from .files import npz_bytes, read_json, write_atomic
 
 PLAN_SCHEMA = "faceprobe.probe-plan/1"
@@ -38,80 +36,18 @@ DEFAULT_VALID_RANGE = (-127.5 / 128.0, 127.5 / 128.0)
 NORMALIZED_STEP_RMS = 1.0 / 32.0
 DEFAULT_OPTIONS = {"clip": False, "jitter": 0, "l2_decay": 0.0, "blur": 0.0}
 DEFAULT_FINITE_DIFFERENCE = {"epsilon_steps": 16.0, "seed": 0, "scheme": "central"}
-_ARCHIVE_MEMBERS = {"images.npy", "plan_json.npy"}
-_MAX_JSON_DEPTH = 32
 
 
-@dataclass(frozen=True)
-class PlanLimits:
-    """What a board agent accepts in one plan; checked on the archive's headers before arrays are decoded."""
-
-    max_images: int = 64
-    max_targets: int = 64
-    max_steps: int = 1000
-    max_subspace_dims: int = 300
-    max_image_side: int = 1024
-    max_json_bytes: int = 1 << 20
-    max_decoded_bytes: int = 64 << 20  # all members of the archive, decompressed
-
-
-def json_depth(obj: Any) -> int:
-    """Nesting depth of a parsed JSON value (iterative: a deep document cannot exhaust the stack)."""
-    depth, stack = 0, [(obj, 1)]
-    while stack:
-        value, level = stack.pop()
-        if isinstance(value, (dict, list)):
-            depth = max(depth, level)
-            stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
-    return depth
-
-
-def loads_json(data: bytes | str, what: str, max_depth: int = _MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` refusing NaN/Infinity literals and nesting deeper than ``max_depth`` (ValueError)."""
-    def refuse(literal: str) -> None:
-        raise ValueError(f"{what} contains {literal}, which is not a JSON number")
-
-    try:
-        value = json.loads(data, parse_constant=refuse)
-    except RecursionError:
-        raise ValueError(f"{what} is nested too deeply") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{what} is not valid JSON ({exc})") from None
-    if json_depth(value) > max_depth:
-        raise ValueError(f"{what} is nested deeper than {max_depth} levels")
-    return value
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
-
-
-def _expect(ok: bool, field_name: str, want: str, value: Any) -> None:
-    if not ok:
-        shown = repr(value)
-        raise ValueError(f"{field_name} must be {want}, got {shown[:80]}")
-
-
-def _check_pair(value: Any, field_name: str, numbers: bool = False) -> None:
-    test = _is_number if numbers else _is_int
-    _expect(isinstance(value, list) and len(value) == 2 and all(test(v) for v in value), field_name,
-            "a list of two " + ("numbers" if numbers else "integers"), value)
-
-
-def check_plan_json(d: Any) -> None:
+def validate_plan_json(d: Any) -> None:
     """Type-check a plan document field by field (ValueError naming the field); values are checked later."""
-    _expect(isinstance(d, dict), "the plan", "a JSON object", type(d).__name__)
+    require(isinstance(d, dict), "the plan", "a JSON object", type(d).__name__)
     if d.get("schema") != PLAN_SCHEMA:
         raise ValueError(f"schema must be {PLAN_SCHEMA!r}, got {str(d.get('schema'))[:80]!r}")
     if "targets" not in d:
         raise ValueError("targets is missing from the plan")
-    _expect(isinstance(d["targets"], list), "targets", "a list", d["targets"])
+    require(isinstance(d["targets"], list), "targets", "a list", d["targets"])
     for i, t in enumerate(d["targets"]):
-        _expect(isinstance(t, dict) and isinstance(t.get("tap"), str) and _is_int(t.get("channel")),
+        require(isinstance(t, dict) and isinstance(t.get("tap"), str) and is_int(t.get("channel")),
                 f"targets[{i}]", "{'tap': str, 'channel': int}", t)
     sections = {"objective": {"kind": str}, "options": {"clip": bool, "jitter": int},
                 "subspace": {"kind": str}, "finite_difference": {"seed": int, "scheme": str}}
@@ -119,32 +55,32 @@ def check_plan_json(d: Any) -> None:
         if name not in d:
             continue
         section = d[name]
-        _expect(isinstance(section, dict), name, "a JSON object", section)
+        require(isinstance(section, dict), name, "a JSON object", section)
         for key, want in types.items():
             if key in section:
-                ok = _is_int(section[key]) if want is int else isinstance(section[key], want)
-                _expect(ok, f"{name}.{key}", want.__name__, section[key])
+                ok = is_int(section[key]) if want is int else isinstance(section[key], want)
+                require(ok, f"{name}.{key}", want.__name__, section[key])
     for name, key in (("options", "l2_decay"), ("options", "blur"), ("finite_difference", "epsilon_steps")):
         if key in d.get(name, {}):
-            _expect(_is_number(d[name][key]), f"{name}.{key}", "a finite number", d[name][key])
+            require(is_number(d[name][key]), f"{name}.{key}", "a finite number", d[name][key])
     if d.get("objective", {}).get("position") is not None:
-        _check_pair(d["objective"]["position"], "objective.position")
+        require_pair(d["objective"]["position"], "objective.position")
     sub = d.get("subspace", {})
     for key in ("size", "cells"):
         if key in sub:
-            _expect(_is_int(sub[key]), f"subspace.{key}", "an integer", sub[key])
+            require(is_int(sub[key]), f"subspace.{key}", "an integer", sub[key])
     if sub.get("center") is not None:
-        _check_pair(sub["center"], "subspace.center")
+        require_pair(sub["center"], "subspace.center")
     if "steps" in d:
-        _expect(_is_int(d["steps"]), "steps", "an integer", d["steps"])
+        require(is_int(d["steps"]), "steps", "an integer", d["steps"])
     if "step_size" in d:
-        _expect(_is_number(d["step_size"]), "step_size", "a finite number", d["step_size"])
+        require(is_number(d["step_size"]), "step_size", "a finite number", d["step_size"])
     if "step_rule" in d:
-        _expect(isinstance(d["step_rule"], str), "step_rule", "a string", d["step_rule"])
+        require(isinstance(d["step_rule"], str), "step_rule", "a string", d["step_rule"])
     if "valid_range" in d:
-        _check_pair(d["valid_range"], "valid_range", numbers=True)
+        require_pair(d["valid_range"], "valid_range", numbers=True)
     if "seed" in d.get("finite_difference", {}):
-        _expect(0 <= d["finite_difference"]["seed"] < 2**63, "finite_difference.seed", "in 0..2**63-1",
+        require(0 <= d["finite_difference"]["seed"] < 2**63, "finite_difference.seed", "in 0..2**63-1",
                 d["finite_difference"]["seed"])
 
 
@@ -260,7 +196,7 @@ class ProbePlan:
             raise ValueError(f"options.jitter, .l2_decay and .blur must be >= 0, got {self.options}")
         if self.valid_range[0] >= self.valid_range[1]:
             raise ValueError(f"valid_range must be [low, high] with low < high, got {self.valid_range}")
-        _subspace.check_spec(self.subspace, want)
+        _subspace.validate_subspace(self.subspace, want)
 
     def to_json(self) -> dict:
         """The plan without its images, as a JSON-ready dict."""
@@ -281,7 +217,7 @@ class ProbePlan:
     @classmethod
     def from_json(cls, d: dict, images: np.ndarray) -> ProbePlan:
         """A plan from ``to_json`` output and its images; a wrong schema or missing field is a clear error."""
-        check_plan_json(d)
+        validate_plan_json(d)
         kwargs = {k: d[k] for k in ("objective", "steps", "step_size", "step_rule", "options", "subspace",
                                     "finite_difference", "valid_range") if k in d}
         return cls(targets=d["targets"], images=images, **kwargs)
@@ -310,162 +246,6 @@ class ProbePlan:
         """One .npz holding the images and the plan JSON (for HTTP transport; uncompressed for a job file)."""
         plan = np.frombuffer(json.dumps(self.to_json()).encode(), np.uint8)
         return npz_bytes({"images": self.images, "plan_json": plan}, compress)
-
-    @classmethod
-    def from_bytes(cls, data: bytes | str | os.PathLike, limits: PlanLimits | None = None) -> ProbePlan:
-        """A plan from ``to_bytes`` output (bytes or a file path), within ``limits`` when given."""
-        with PlanArchive(data, limits) as archive:
-            return archive.plan()
-
-
-class PlanArchive:
-    """A plan archive opened lazily: its JSON and its images' shape are read from headers, so limits and
-    a model's needs can be checked before the images are decoded (at most once, by ``plan``)."""
-
-    def __init__(self, data: bytes | str | os.PathLike | BinaryIO, limits: PlanLimits | None = None):
-        self.limits = limits or PlanLimits(max_images=2**31, max_targets=2**31, max_steps=2**31,
-                                           max_subspace_dims=2**31, max_image_side=2**31,
-                                           max_json_bytes=2**40, max_decoded_bytes=2**62)
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            source = io.BytesIO(data)
-        else:
-            source = data if hasattr(data, "read") else open(data, "rb")
-        try:
-            _check_entry_count(source)
-            self._zip = zipfile.ZipFile(source)
-        except _ZIP_ERRORS as exc:
-            source.close()
-            raise ValueError(f"not a probe plan archive ({exc})") from None
-        self._source = source
-        try:
-            self._read_headers()
-        except BaseException:
-            self.close()
-            raise
-
-    def __enter__(self) -> PlanArchive:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._zip.close()
-        self._source.close()
-
-    def _read_headers(self) -> None:
-        infos = {i.filename: i for i in self._zip.infolist()}
-        if set(infos) != _ARCHIVE_MEMBERS:
-            raise ValueError(f"not a probe plan archive (members {sorted(infos)[:8]}, expected "
-                             f"{sorted(_ARCHIVE_MEMBERS)})")
-        total = sum(i.file_size for i in infos.values())
-        if total > self.limits.max_decoded_bytes:
-            raise PlanTooLarge(f"the plan archive decompresses to {total} bytes; this agent accepts at most "
-                               f"{self.limits.max_decoded_bytes}")
-        text_shape, text_dtype, fh = self._array_header("plan_json.npy")
-        with fh:
-            if text_dtype != np.uint8 or len(text_shape) != 1:
-                raise ValueError("not a probe plan archive (plan_json must be a 1-D uint8 array)")
-            if text_shape[0] > self.limits.max_json_bytes:
-                raise PlanTooLarge(f"the plan JSON is {text_shape[0]} bytes; at most "
-                                   f"{self.limits.max_json_bytes} are accepted")
-            raw = self._read_exact(fh, text_shape[0], "plan_json")
-        self.json = loads_json(raw.tobytes(), "the plan JSON")
-        check_plan_json(self.json)
-        shape, dtype, fh = self._array_header("images.npy")
-        fh.close()
-        if dtype != np.float32 or len(shape) != 4:
-            raise ValueError(f"images must be a 4-D float32 array (n, H, W, C), got {dtype} {shape}")
-        self.image_count = int(shape[0])
-        self.image_shape: tuple[int, int, int] = tuple(int(s) for s in shape[1:])
-        self._check_limits()
-
-    def _array_header(self, name: str) -> tuple[tuple[int, ...], np.dtype, Any]:
-        try:
-            fh = self._zip.open(name)
-        except _ZIP_ERRORS as exc:
-            raise ValueError(f"not a probe plan archive ({name}: {exc})") from None
-        try:
-            version = np.lib.format.read_magic(fh)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = header(fh)
-        except _ZIP_ERRORS as exc:
-            fh.close()
-            raise ValueError(f"not a probe plan archive ({name}: {exc})") from None
-        if fortran or dtype.hasobject:
-            fh.close()
-            raise ValueError(f"not a probe plan archive ({name} must be a plain C-order array)")
-        return tuple(shape), dtype, fh
-
-    @staticmethod
-    def _read_exact(fh, count: int, name: str, dtype: np.dtype = np.uint8) -> np.ndarray:
-        nbytes = count * np.dtype(dtype).itemsize
-        try:
-            data = fh.read(nbytes)
-        except _ZIP_ERRORS as exc:
-            raise ValueError(f"not a probe plan archive ({name}: {exc})") from None
-        if len(data) != nbytes:
-            raise ValueError(f"not a probe plan archive ({name} is cut off)")
-        return np.frombuffer(data, dtype)
-
-    def _check_limits(self) -> None:
-        lim, d = self.limits, self.json
-        checks = [
-            (self.image_count, lim.max_images, "images"),
-            (len(d["targets"]), lim.max_targets, "targets"),
-            (d.get("steps", 20), lim.max_steps, "steps"),
-            (max(self.image_shape[:2], default=0), lim.max_image_side, "image side (pixels)"),
-            (subspace_dims(d.get("subspace", {"kind": "full"}), self.image_shape), lim.max_subspace_dims,
-             "subspace dimensions"),
-        ]
-        for value, limit, what in checks:
-            if value > limit:
-                raise PlanTooLarge(f"the plan has {value} {what}; this agent accepts at most {limit}")
-
-    def plan(self) -> ProbePlan:
-        """Decode the images and build the plan (ValueError naming the field when it is malformed)."""
-        _, dtype, fh = self._array_header("images.npy")
-        with fh:
-            count = self.image_count * int(np.prod(self.image_shape))
-            images = self._read_exact(fh, count, "images", dtype).reshape(self.image_count, *self.image_shape)
-        return ProbePlan.from_json(self.json, images)
-
-
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
-               RuntimeError, KeyError)
-
-
-def _check_entry_count(fh) -> None:
-    """Refuse archives whose end record lists other than two entries, before zipfile parses the directory
-    (a body of millions of tiny entries would otherwise cost far more memory than its size)."""
-    fh.seek(0, os.SEEK_END)
-    size = fh.tell()
-    fh.seek(max(0, size - (1 << 16) - 22))
-    tail = fh.read()
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + 22 > len(tail):
-        raise ValueError("no zip end record")
-    entries = int.from_bytes(tail[at + 10:at + 12], "little")
-    if entries != len(_ARCHIVE_MEMBERS):
-        raise ValueError(f"{entries} members, expected {len(_ARCHIVE_MEMBERS)}")
-    fh.seek(0)
-
-
-class PlanTooLarge(ValueError):
-    """A plan over the agent's limits (answered 413)."""
-
-
-def subspace_dims(spec: Any, image_shape: tuple[int, int, int]) -> int:
-    """k, the number of basis images of a subspace spec (0 for the full image, all pixels for a bad spec)."""
-    channels = int(image_shape[2]) if len(image_shape) == 3 else 1
-    kind = spec.get("kind") if isinstance(spec, dict) else None
-    if kind == "full":
-        return 0
-    param = spec.get("cells" if kind == "grid" else "size") if kind in ("dct", "grid", "window") else None
-    if _is_int(param):
-        return param * param * channels
-    return int(np.prod(image_shape))
 
 
 _RESULT_ARRAYS = ("objective", "final_images", "step_norms", "gradients", "ranges", "captured_share")

@@ -32,8 +32,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .manifest import check_tflite_bytes, validate_manifest
-from .plan import loads_json
+from .jsonsafe import loads_json
+from .manifest import validate_manifest, validate_tflite_bytes
 from .private import DIR_MODE, FILE_MODE, check_tree, is_plain_dir, is_plain_file, make_dir, read_file
 
 MODEL_FILE = "model.tflite"
@@ -59,10 +59,10 @@ def is_model_id(text: str) -> bool:
     return bool(_SHA256.match(text))
 
 
-def check_upload(head: bytes, manifest_bytes: bytes, sha256: str) -> None:
+def validate_upload(head: bytes, manifest_bytes: bytes, sha256: str) -> None:
     """Refuse an upload unless it is a TFLite flatbuffer with a current-schema manifest naming its sha256."""
     try:
-        check_tflite_bytes(head, "the uploaded model")
+        validate_tflite_bytes(head, "the uploaded model")
         manifest = loads_json(manifest_bytes, "the manifest")
         validate_manifest(manifest, "the uploaded manifest")
     except ValueError as exc:
@@ -201,7 +201,7 @@ class ModelStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             sha = digest.hexdigest()
-            check_upload(head, manifest_bytes, sha)
+            validate_upload(head, manifest_bytes, sha)
             if self.has(sha):
                 return sha, self._same_manifest(sha, manifest_bytes)
             _write_synced(stage / MANIFEST_FILE, manifest_bytes)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fields import is_int
+
 KINDS = ("full", "dct", "grid", "window")
 _PARAM = {"dct": "size", "grid": "cells", "window": "size"}
 
 
-def check_spec(spec: dict, image_shape: tuple[int, int, int]) -> None:
+def validate_subspace(spec: dict, image_shape: tuple[int, int, int]) -> None:
     """Raise ValueError naming the field when ``spec`` cannot make a basis for images of ``image_shape``."""
     if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
         raise ValueError(f"subspace.kind must be one of {', '.join(KINDS)}, got {spec!r}")
@@ -69,7 +71,7 @@ def _window_matrix(n: int, size: int, center: int) -> np.ndarray:
 
 def make_basis(spec: dict, image_shape: tuple[int, int, int]) -> np.ndarray | None:
     """Orthonormal basis rows (k, H*W*C) float32 for ``spec``, or None for the full image."""
-    check_spec(spec, image_shape)
+    validate_subspace(spec, image_shape)
     h, w, c = (int(s) for s in image_shape)
     kind = spec["kind"]
     if kind == "full":
@@ -115,3 +117,15 @@ def expand(basis: np.ndarray, coefficients: np.ndarray, image_shape: tuple[int, 
     """Images Bᵀ·c of shape (n, H, W, C) from coefficients (n, k)."""
     x = np.asarray(coefficients, np.float64) @ np.asarray(basis, np.float64)
     return x.reshape((len(coefficients), *image_shape)).astype(np.float32)
+
+
+def subspace_dims(spec: object, image_shape: tuple[int, int, int]) -> int:
+    """k, the number of basis images of a subspace spec (0 for the full image, all pixels for a bad spec)."""
+    channels = int(image_shape[2]) if len(image_shape) == 3 else 1
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind == "full":
+        return 0
+    param = spec.get("cells" if kind == "grid" else "size") if kind in ("dct", "grid", "window") else None
+    if is_int(param):
+        return param * param * channels
+    return int(np.prod(image_shape))

@@ -21,22 +21,24 @@ import numpy as np
 
 from . import sandbox
 from .activations import tap_activations
-from .ascent import DEFAULT_MAX_BATCH, check_board_plan
+from .archive import PlanArchive, PlanLimits, PlanTooLarge, read_plan
+from .ascent import DEFAULT_MAX_BATCH, validate_board_plan
 from .ascent import run_plan as run_ascent
 from .bench import BenchLimits, BenchPlan, Sandboxing, run_bench
 from .files import npz_bytes, write_atomic
-from .flatbuffer import check_structure
+from .flatbuffer import validate_structure
 from .manifest import tap_entries
-from .plan import PlanArchive, PlanLimits, PlanTooLarge, ProbePlan, ProbeResult, subspace_dims
+from .plan import ProbePlan, ProbeResult
 from .runtime import Runtime
 from .sandbox import vm_bytes
 from .store import ModelStore
+from .subspace import subspace_dims
 
 _SUMMARY = "summary_json"
 _PREFIX = "tap/"
 
 
-def check_plan(plan: ProbePlan, kind: str, manifest: dict) -> None:
+def validate_plan(plan: ProbePlan, kind: str, manifest: dict) -> None:
     """Raise ValueError when ``plan`` cannot run as ``kind`` on the model ``manifest`` describes.
 
     ``embeddings`` reads only the plan's images (any model with an embedding output: the deploy file)."""
@@ -50,13 +52,13 @@ def check_plan(plan: ProbePlan, kind: str, manifest: dict) -> None:
         return
     plan.validate(tap_entries(manifest), tuple(manifest["input"]["shape"][1:]))
     if kind == "ascent":
-        check_board_plan(plan)
+        validate_board_plan(plan)
 
 
 def run(runtime: Runtime, plan: ProbePlan, kind: str, max_batch: int = DEFAULT_MAX_BATCH
         ) -> ProbeResult | dict[str, Any]:
     """Run one job in-process: a ProbeResult for ``ascent``, an activations dict for ``activations``."""
-    check_plan(plan, kind, runtime.manifest)
+    validate_plan(plan, kind, runtime.manifest)
     if kind == "ascent":
         return run_ascent(runtime, plan, max_batch=max_batch)
     meta = {"kind": kind, "runtime": runtime.info(), "plan": plan.to_json()}
@@ -182,7 +184,7 @@ def run_job(tflite: str, manifest_path: str, plan_path: str, kind: str, result_p
             threads: int | None, kernels: str, max_batch: int) -> None:
     """A job, start to finish, in a sandbox child: the result goes straight to ``result_path``."""
     runtime = Runtime(tflite, manifest_path, threads=threads, kernels=kernels)
-    result = run(runtime, ProbePlan.from_bytes(plan_path), kind, max_batch)
+    result = run(runtime, read_plan(plan_path), kind, max_batch)
     write_atomic(result_path, encode(result))
 
 
@@ -200,7 +202,7 @@ class Task:
         """Check an uploaded model's structure here, then load and run it once in a sandbox; returns its
         measured needs, or raises ValueError saying why it is refused."""
         with open(tflite, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            check_structure(data, self.limits.model_memory_bytes)
+            validate_structure(data, self.limits.model_memory_bytes)
         try:
             return sandbox.run(measure_model, (str(tflite), str(manifest), self.threads, self.kernels),
                                self.limits.model_memory_bytes, self.limits.model_timeout_s)
@@ -220,7 +222,7 @@ class Task:
                                f"allows {share >> 20} MiB per job: use fewer images, targets or subspace "
                                "dimensions")
         plan = archive.plan()
-        check_plan(plan, kind, manifest)
+        validate_plan(plan, kind, manifest)
         return plan
 
     def _check_bench(self, model_id: str, archive: PlanArchive) -> BenchPlan:

@@ -110,7 +110,7 @@ def test_file_from_another_model_exits_2(models, tmp_path, capsys):
 def test_same_weights_saved_again_are_the_same_source(models, tmp_path):
     """The fingerprint is of the weights: a re-saved model (new zip bytes) still owns its exports."""
     from device.manifest import load_manifest, manifest_path_for, sha256_file
-    from toolkit.export import check_source
+    from toolkit.export import validate_source
     from toolkit.modelfile import load_face_model
 
     calibration = np.random.default_rng(0).integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)
@@ -119,9 +119,9 @@ def test_same_weights_saved_again_are_the_same_source(models, tmp_path):
     again = save_face_model(model, tmp_path / "again" / "model.keras")
     manifest = load_manifest(manifest_path_for(files["int8"]["deploy"]))
     assert manifest["source"]["sha256"] == sha256_file(models[0])
-    check_source(manifest, load_face_model(again)[0], again, "deploy")  # no error
+    validate_source(manifest, load_face_model(again)[0], again, "deploy")  # no error
     with pytest.raises(ValueError, match="was exported from"):
-        check_source(manifest, load_face_model(models[1])[0], models[1], "deploy")
+        validate_source(manifest, load_face_model(models[1])[0], models[1], "deploy")
 
 
 def test_noise_faces_are_inconclusive_exit_2(models, tmp_path, capsys):

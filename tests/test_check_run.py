@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from toolkit.check import CheckOptions
 from toolkit.check.damage import damaged_copy
-from toolkit.check.judging import CheckOptions
 from toolkit.check.runner import run_check
 from toolkit.cli import main
 from toolkit.modelfile import load_face_model, save_face_model

@@ -208,3 +208,21 @@ def test_orl_loads_forty_by_ten() -> None:
     assert fs.summary()["source_sizes"] == {"92x112": 400}
     assert np.array_equal(fs.images[..., 0], fs.images[..., 2])  # grey → three equal channels
     assert 60 < fs.images.mean() < 160
+
+
+def test_identities_argument_reads_only_the_named_folders(tmp_path) -> None:
+    """``identities=`` selects before decoding: a broken image in another person's folder is never read."""
+    import warnings
+
+    for name in ("s1", "s2", "s3"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (16, 16), (40 * i, 60, 90)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "s3" / "broken.png").write_bytes(b"not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a skipped file would warn
+        fs = load_identity_folders(tmp_path, image_size=16, progress=False, identities="s1-s2")
+    assert fs.names == ["s1", "s2"] and len(fs) == 4
+    assert load_identity_folders(tmp_path, image_size=16, progress=False, identities=["s2"]).names == ["s2"]
+    with pytest.raises(ValueError, match="unknown identities \\['s9'\\]"):
+        load_identity_folders(tmp_path, image_size=16, progress=False, identities="s1,s9")

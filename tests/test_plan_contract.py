@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from device import subspace
+from device.archive import read_plan
 from device.plan import NORMALIZED_STEP_RMS, PLAN_SCHEMA, ProbePlan, ProbeResult, apply_step
 
 TAPS = {"stem/conv": {"channels": 8}, "stage1/block1": {"channels": 16}}
@@ -89,13 +90,13 @@ def test_plan_round_trips_through_files_and_bytes(tmp_path):
                  objective={"kind": "unit", "position": [1, 2]})
     path = plan.save(tmp_path / "plan.json")
     assert json.loads(path.read_text())["schema"] == PLAN_SCHEMA
-    for back in (ProbePlan.load(path), ProbePlan.from_bytes(plan.to_bytes())):
+    for back in (ProbePlan.load(path), read_plan(plan.to_bytes())):
         assert back.to_json() == plan.to_json()
         np.testing.assert_array_equal(back.images, plan.images)
     with pytest.raises(ValueError, match="schema"):
         ProbePlan.from_json({**plan.to_json(), "schema": "other/9"}, plan.images)
     with pytest.raises(ValueError, match="not a probe plan"):
-        ProbePlan.from_bytes(b"garbage")
+        read_plan(b"garbage")
 
 
 def test_result_round_trips(tmp_path):

@@ -5,16 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from toolkit.training.config import TrainConfig, load_recipe, parse_identities, parse_set
+from toolkit.data import parse_identities
+from toolkit.training.config import TrainConfig, load_recipe, load_train_config, parse_set
 
 MODELS = __import__("pathlib").Path(__file__).resolve().parents[1] / "models"
 
 
 def test_recipes_load_and_override():
     for recipe in ("mobilefacenet-orl.toml", "tiny-synth.toml"):
-        cfg = load_recipe(MODELS / recipe)
+        cfg = load_train_config(MODELS / recipe)
         assert cfg.epochs >= 1 and cfg.model in ("tiny", "mobilefacenet")
-    cfg = load_recipe(MODELS / "mobilefacenet-orl.toml")
+    cfg = load_train_config(MODELS / "mobilefacenet-orl.toml")
     assert cfg.model == "mobilefacenet" and cfg.identities == "s1-s30"
     over = cfg.with_overrides(epochs=3, strategy=None, **parse_set(["margin=0.2", "head=cosface"]))
     assert (over.epochs, over.margin, over.head, over.strategy) == (3, 0.2, "cosface", cfg.strategy)
@@ -26,16 +27,20 @@ def test_bad_recipes_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('epochz = 3\n')
     with pytest.raises(ValueError, match="unknown recipe keys \\['epochz'\\]"):
-        load_recipe(bad)
+        load_train_config(bad)
     bad.write_text('[model]\nmodel = "tiny"\n[other]\nmodel = "x"\n')
     with pytest.raises(ValueError, match="set twice"):
-        load_recipe(bad)
+        load_train_config(bad)
     with pytest.raises(ValueError, match="head must be one of"):
         TrainConfig(head="softmax")
     with pytest.raises(ValueError, match="augment must be true, false or a strength name"):
         TrainConfig(augment=2)
     with pytest.raises(FileNotFoundError, match="no recipe"):
-        load_recipe(tmp_path / "missing.toml")
+        load_train_config(tmp_path / "missing.toml")
+
+
+def test_load_recipe_is_the_old_name_of_load_train_config():
+    assert load_recipe is load_train_config
 
 
 def test_identity_selection_syntax():

@@ -46,7 +46,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def check_output_file(path: str | os.PathLike, flag: str, force: bool) -> None:
+def validate_output_file(path: str | os.PathLike, flag: str, force: bool) -> None:
     """Refuse to overwrite an existing output file unless ``force``; refuse a folder in its place."""
     target = Path(path)
     if target.is_dir():

@@ -42,7 +42,7 @@ def save_face_model(model: keras.Model, path: str | os.PathLike, **meta) -> Path
     return path
 
 
-def check_model_file(path: str | os.PathLike) -> Path:
+def validate_model_file(path: str | os.PathLike) -> Path:
     """``path`` if it is a .keras model file; otherwise an error that says what it is and what to pass."""
     path = Path(path)
     if not path.is_file():
@@ -58,7 +58,7 @@ def check_model_file(path: str | os.PathLike) -> Path:
 
 def load_face_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     """Load a saved face model and its metadata (defaults when the sidecar is absent)."""
-    path = check_model_file(path)
+    path = validate_model_file(path)
     import keras  # after the checks: a wrong file is named at once, before TensorFlow loads
 
     from .zoo import list_taps

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import atomic
-from .training.config import TrainConfig, load_recipe, parse_identities
+from .training.config import TrainConfig, load_recipe, load_train_config
 
 if TYPE_CHECKING:
     import keras
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from .data import FaceSet
 
 __all__ = ["TrainConfig", "TrainResult", "build_embedding", "build_training_model", "compile_training_model",
-           "load_recipe", "load_training_data", "make_optimizer", "make_strategy", "steps_per_epoch", "train",
-           "training_dataset"]
+           "load_recipe", "load_train_config", "load_training_data", "make_optimizer", "make_strategy",
+           "steps_per_epoch", "train", "training_dataset"]
 
 # An extra callback, or a factory called with (embedding_model, train_set, run_dir) once the model exists.
 CallbackSpec = Any
@@ -95,10 +95,8 @@ def load_training_data(config: TrainConfig, run_dir: Path, progress: bool = True
         root = synthesize(run_dir / "data", identities=config.synth_identities,
                           images_per_identity=config.synth_images_per_identity, size=config.input_size,
                           seed=config.seed, progress=progress)
-    fs = load_identity_folders(root, image_size=config.input_size, crop=config.crop, progress=progress)
-    if config.identities:
-        fs = fs.select(parse_identities(config.identities))
-    return fs
+    return load_identity_folders(root, image_size=config.input_size, crop=config.crop, progress=progress,
+                                 identities=config.identities or None)
 
 
 def training_dataset(fs: FaceSet, config: TrainConfig, seed: int):

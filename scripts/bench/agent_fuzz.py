@@ -406,8 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=2, help="client threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", help="folder of exported probe models (*.probe.tflite + manifests) to mutate")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: a dozen mutants for at most 30 seconds (seconds; the figures mean "
+                        "nothing)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(count=12, seconds=30.0)
+        args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="agent-fuzz-"))
     try:

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BN_LAG = 0.3
 
 
-def train_orl(data: str, out: Path, epochs: int | None, overrides: list[str]) -> Path:
-    """The ORL recipe (models/mobilefacenet-orl.toml, s1-s30) with ``overrides`` (KEY=VALUE), for
-    ``epochs`` if given."""
-    subprocess.run([sys.executable, "-m", "toolkit.cli", "train", "--recipe",
-                    str(ROOT / "models" / "mobilefacenet-orl.toml"), "--data", data, "--out", str(out),
+# --quick: the tiny recipe for one epoch on six people, checked with the data gate open (an untrained model
+# verifies at chance, which the gate rightly calls inconclusive): the plumbing runs, the figures mean nothing.
+QUICK_TRAIN = ["--recipe", str(ROOT / "models" / "tiny-synth.toml"), "--identities", "s1-s6"]
+OPEN_GATE = "[data]\nmin_float_verification_accuracy = 0.0\n"
+
+
+def train_orl(data: str, out: Path, epochs: int | None, overrides: list[str], quick: bool = False) -> Path:
+    """The ORL recipe (models/mobilefacenet-orl.toml, s1-s30; ``quick``: a tiny stand-in) with ``overrides``
+    (KEY=VALUE), for ``epochs`` if given."""
+    recipe = QUICK_TRAIN if quick else ["--recipe", str(ROOT / "models" / "mobilefacenet-orl.toml")]
+    subprocess.run([sys.executable, "-m", "toolkit.cli", "train", *recipe, "--data", data, "--out", str(out),
                     *(["--epochs", str(epochs)] if epochs else []),
                     *[arg for kv in overrides for arg in ("--set", kv)]], check=True, stdout=sys.stderr)
     return out / "model.keras"
@@ -59,14 +66,12 @@ def lagging_batchnorm(model_path: Path, out: Path) -> Path:
 def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
     """Plain int8 if the check (taps and identities) passes it, else the first int8 recipe its search
     finds passing: on a model whose int8 drop sits at the threshold no int8 is sound a priori."""
-    from dataclasses import replace
-
     from toolkit.check.runner import run_check
     from toolkit.export import Calibration, Recipe
 
     plain = Recipe("int8", calibration=Calibration(images=args.data, identities=args.calibration_identities))
-    report = run_check(model_path, out, recipe=plain, data=args.data, identities=args.check_identities,
-                       options=replace(opts, features=False), search="on-fail", progress=False)
+    report = run_check(model_path, out, recipe=plain, options=replace(opts, features=False, search="on-fail"),
+                       progress=False)
     if report["passed"]:
         return plain
     rows = (report.get("search") or {}).get("rows", [])
@@ -78,6 +83,7 @@ def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
 
 
 def levels(board: dict) -> list[str]:
+    """The levels at which a board's entry in report.json failed."""
     return sorted({v["level"] for v in board["verdicts"] if not v["passed"]})
 
 
@@ -101,29 +107,40 @@ def main(argv: list[str] | None = None) -> int:
                    "(e.g. the one `faceprobe check --search` wrote; default: plain int8 if the check passes "
                    "it, else the first int8 recipe the check's search finds passing)")
     p.add_argument("--out", help="folder to keep everything (default: a temporary one)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: a tiny model, four people, the data gate open (seconds; the figures mean "
+                        "nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(check_identities="s39-s40", calibration_identities="s1-s2", sample=4, steps=2,
+                       epochs=1, set=["input_size=32"])
+        args = p.parse_args(argv)
     if not Path(args.data).is_dir():
         raise SystemExit(f"check_matrix: no face folders at {args.data}; pass --data DIR")
 
-    from device.manifest import load_manifest, manifest_path_for
+    from toolkit.check import CheckOptions, load_thresholds, run_check
     from toolkit.check.boards import LocalBoard
     from toolkit.check.damage import damaged_copy
-    from toolkit.check.gate import load_thresholds
-    from toolkit.check.judging import CheckOptions, check_board
-    from toolkit.check.levels import feature_reference, tap_scales
-    from toolkit.check.runner import float_verification, load_faces, prepare_data, run_check
+    from toolkit.check.runner import float_verification, load_faces, prepare_data
+    from toolkit.check.session import CheckSession
+    from toolkit.check.speed import HOST, Pricer
     from toolkit.export import Calibration, Recipe, export_keras, load_recipe
     from toolkit.modelfile import load_face_model
     from toolkit.zoo import list_taps
 
-    opts = CheckOptions(sample=args.sample, steps=args.steps)
-    thresholds = load_thresholds()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
+        gate = out / "open-gate.toml"
+        if args.quick:
+            out.mkdir(parents=True, exist_ok=True)
+            gate.write_text(OPEN_GATE)
+        opts = CheckOptions(data=args.data, identities=args.check_identities, sample=args.sample,
+                            steps=args.steps, thresholds=gate if args.quick else None)
+        thresholds = load_thresholds(opts.thresholds)
         overrides = args.set or ["width=0.5"]
         model_path = (Path(args.model) if args.model
-                      else train_orl(args.data, out / "train", args.epochs, overrides))
+                      else train_orl(args.data, out / "train", args.epochs, overrides, args.quick))
         model, meta = load_face_model(model_path)
         size = int(model.input_shape[1])
         faces, _ = load_faces(args.data, size, out, args.check_identities)
@@ -150,15 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                   damaged_copy(model, sound, middle, out / "bits4", "weights", 4)),
                  (f"int8, {middle} range clipped to a tenth", "fail",
                   damaged_copy(model, sound, middle, out / "clip", "range", 0.1))]
-        exported = {"float32": cases[0][2]}
-        float_board = LocalBoard(exported["float32"]["deploy"], exported["float32"]["probe"])
-        reference = feature_reference(model, float_board, data.images[data.sample[:opts.feature_images]],
-                                      opts.subspace_size, opts.steps)
+        session = CheckSession(model, meta, model_path, data, thresholds, calib, cases[0][2], out,
+                               Pricer(HOST))
+        reference = session.feature_reference(opts)
         lagged = run_check(lagging_batchnorm(model_path, out / "bn-lag"), out / "bn-lag-check",
                            recipe=Recipe("int8", calibration=Calibration(
                                images=args.data, identities=args.calibration_identities)),
-                           data=args.data, identities=args.check_identities, options=opts, search="never",
-                           progress=False)
+                           options=replace(opts, search="never"), progress=False)
         host = lagged["boards"][0] if lagged["verdict"] != "inconclusive" else None
         lag_row = {"name": "int8 of a model with lagging batch-norm statistics", "expected": "fail",
                    "verdict": lagged["verdict"], "levels_caught": levels(host) if host else [],
@@ -166,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                    "float_verification_accuracy": lagged["data"]["float_verification_accuracy"]}
         rows = []
         for name, expected, files in cases:
-            scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
-            board = check_board(model, LocalBoard(files["deploy"], files["probe"]), data, scales, thresholds,
-                                reference)
+            board = session.judge(LocalBoard(files["deploy"], files["probe"]), files, reference).to_json()
             rows.append({"name": name, "expected": expected, "verdict": "pass" if board["passed"] else "fail",
                          "levels_caught": levels(board),
                          "accuracy_drop_pp": board["identities"]["accuracy_drop_pp"],

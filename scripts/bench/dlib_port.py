@@ -59,21 +59,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=30, help="timed batch-1 runs per file")
     p.add_argument("--out", help="folder to keep the exported files in (default: a temporary one)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: two people each side, few pairs and timings (figures mean nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(eval_identities="s39-s40", calibration_identities="s1-s2", calibration_size=20,
+                       folds=2, repeats=3)
+        args = p.parse_args(argv)
 
     from device.runtime import Runtime
-    from toolkit.data import load_identity_folders, make_pairs, normalize
+    from toolkit.data import load_identity_folders, make_pairs, normalize, parse_identities
     from toolkit.evaluate import pair_scores, verification_metrics
-    from toolkit.export import export_keras
-    from toolkit.training.config import parse_identities
+    from toolkit.export import Calibration, Recipe, export_keras
     from toolkit.zoo.dlib_resnet import dlib_resnet
     from toolkit.zoo.dlib_verify import cosines, dlib_descriptors, port_descriptors
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     model, origin = dlib_resnet()
     size = int(model.input_shape[1])
-    fs = load_identity_folders(args.data, image_size=size, align=True, progress=not args.json)
+    # Fidelity is measured on every person of the folder; a quick run reads only the two sides.
+    people = f"{args.eval_identities},{args.calibration_identities}" if args.quick else None
+    fs = load_identity_folders(args.data, image_size=size, align=True, progress=not args.json,
+                               identities=people)
     log(f"{len(fs)} images, {len(fs.crop_fallbacks)} without a face found (resized whole)")
 
     port = port_descriptors(model, fs.images)
@@ -95,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         meta = {"normalization": {"mean": 127.5, "scale": 128.0, "channel_order": "RGB"}, "origin": origin}
-        files = export_keras(model, meta, out, ["float32", "int8"], calib_fs.images, (), False,
-                             args.calibration_size, args.seed, progress=not args.json)
+        int8 = Recipe("int8", calibration=Calibration(count=args.calibration_size, seed=args.seed))
+        files = export_keras(model, meta, out, ["float32", int8], calibration=calib_fs.images,
+                             progress=not args.json)
         deploy = {v: files[v]["deploy"] for v in files}
         x = normalize(eval_fs.images)
         runtime = Runtime(deploy["int8"])

@@ -237,8 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export-dir", help="export here and keep it (reused when it holds the variants)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: one start face, float32 and int8, two small subspaces, one timing run "
+                        "(seconds; the figures mean nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(images=1, subspaces="dct:2,dct:3", timing_steps=2, timing_repeats=1)
+        args = p.parse_args(argv)
 
     import keras
 

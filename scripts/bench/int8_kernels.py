@@ -12,6 +12,7 @@ depthwise convs in float (recipe ``float_ops``) can make an int8 MobileFaceNet f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -55,7 +56,8 @@ def convert(kind: str, side: int, channels: int) -> tuple[bytes, bytes]:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: (
                 [rng.uniform(-1, 1, (1, side, side, channels)).astype(np.float32)] for _ in range(8))
-        files.append(converter.convert())
+        with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel's signature
+            files.append(converter.convert())
     return files[0], files[1]
 
 
@@ -83,12 +85,18 @@ def time_side_by_side(models: list[tuple[bytes, bool]], shape: tuple[int, ...], 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=200, help="timed invokes per model (best kept)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the last stage's shape only, a few timed invokes per model (seconds; the "
+                        "figures mean nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(repeats=5)
+        args = p.parse_args(argv)
 
     rows = []
     for kind in ("conv1x1", "depthwise3x3", "add", "conv3x3"):
-        for side, channels in SHAPES:
+        for side, channels in SHAPES[-1:] if args.quick else SHAPES:
             f32, i8 = convert(kind, side, channels)
             t_f32, t_i8, t_builtin = time_side_by_side([(f32, True), (i8, True), (i8, False)],
                                                        (side, side, channels), args.repeats)

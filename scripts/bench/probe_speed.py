@@ -97,13 +97,18 @@ def time_floor(model: keras.Model, plan: ProbePlan) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each method; the median is reported")
     parser.add_argument("--images", type=int, default=1, help="start images (targets = 15 x images)")
     parser.add_argument("--size", type=int, default=112, help="input size (default 112)")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one run of each method at 48 px (seconds; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(repeats=1, size=48)
+        args = parser.parse_args(argv)
 
     model = get_model("mobilefacenet", input_size=args.size)
     images = start_images(args.images, args.size)

@@ -158,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=16, help="images both sides compare on")
     p.add_argument("--calibration-size", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the tiny model at 32 px on 4 faces (seconds; the figures mean nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(arch="tiny", size=32, images=4, calibration_size=16)
+        args = p.parse_args(argv)
     if args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
 

@@ -81,24 +81,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--emergence-epochs", type=int, default=6,
                    help="epochs of the short training run for emergence (default 6: 60 iterations)")
     p.add_argument("--probe-every", type=int, default=5, help="snapshot interval of that run (default 5)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the tiny recipe for one epoch on four people, two controls, small "
+                        "samples (seconds; the figures mean nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(recipe=str(ROOT / "models" / "tiny-synth.toml"), train_identities="s1-s4",
+                       eval_identities="s39-s40", n_images=2, per_person=2, seeds=2, emergence_epochs=1,
+                       probe_every=1)
+        args = p.parse_args(argv)
     if min(args.seeds, args.n_images, args.per_person) < 2 or min(args.probe_every,
                                                                    args.emergence_epochs) < 1:
         raise SystemExit("--seeds, --n-images and --per-person must be >= 2, --probe-every and "
                          "--emergence-epochs >= 1")
 
-    from toolkit.data import load_identity_folders, normalize
+    from toolkit.data import load_identity_folders, normalize, parse_identities
     from toolkit.modelfile import load_face_model
     from toolkit.probe.findings import frequency_finding
     from toolkit.probe.invariance import invariance_finding
-    from toolkit.train import load_recipe, train
-    from toolkit.training.config import parse_identities
+    from toolkit.train import load_train_config, train
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    config = load_recipe(args.recipe).with_overrides(data=args.data)
+    config = load_train_config(args.recipe).with_overrides(data=args.data, epochs=1 if args.quick else None)
     size = int(load_face_model(args.model)[0].input_shape[1]) if args.model else config.input_size
-    fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json)
+    fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json,
+                               identities=f"{args.train_identities},{args.eval_identities}")
     train_fs = fs.select(parse_identities(args.train_identities))
     eval_fs = fs.select(parse_identities(args.eval_identities))
     seconds = {}

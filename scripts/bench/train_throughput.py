@@ -51,8 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not timed")
     p.add_argument("--rounds", type=int, default=3, help="alternating plain/faceprobe rounds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the tiny recipe at 32 px, 48 images, one round of two epochs (seconds; "
+                        "the figures mean nothing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(recipe=str(ROOT / "models" / "tiny-synth.toml"), images=48, identities=4, epochs=2,
+                       rounds=1, set=["input_size=32"])
+        args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the first epoch is not timed)")
 
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.data import FaceSet
     from toolkit.training.config import parse_set
 
-    config = trainer.load_recipe(args.recipe).with_overrides(epochs=args.epochs, **parse_set(args.set))
+    config = trainer.load_train_config(args.recipe).with_overrides(epochs=args.epochs, **parse_set(args.set))
     rng = np.random.default_rng(0)
     size = config.input_size
     labels = np.arange(args.images) % args.identities

@@ -4,7 +4,10 @@
 # project installed twice, `.[device]` (ai-edge-litert) and `.[device-legacy]` (tflite-runtime 2.14,
 # numpy < 2), from real aarch64 wheels. In each it runs the device tests, compares a real int8 probe
 # model's outputs with the host's, and serves an agent that the host's `faceprobe check --agent`
-# talks to over loopback, comparing the board's verdict with the host's.
+# talks to over loopback, comparing the board's verdict with the host's. The model is the tiny one trained
+# on synthetic faces (it verifies them; the check refuses to judge a model that does not). Any step that
+# fails (a device test, the check, a verdict that differs from the host's) makes the exit code non-zero,
+# after the JSON.
 #
 #   PYTHON=.venv/bin/python scripts/board/emulate.sh [--json]   (root; Debian host with apt; network
 #                                                                for the set-up)
@@ -115,6 +118,7 @@ DESELECT="not sandbox_reports_memory and not too_much_memory"
 RESULTS="{}"
 MAXDIFF=0
 MATCHES=true
+FAILED=
 ARCH=$(board /usr/bin/python3 -c 'import platform; print(platform.machine())')
 for name in ai-edge-litert tflite-runtime; do
   venv=/opt/venv-$name
@@ -131,7 +135,8 @@ for name in ai-edge-litert tflite-runtime; do
     >>"$LOG/install-$name.log" 2>&1
   say "device tests on the board ($name)"
   board /usr/bin/env -C /opt/project "$venv/bin/python" -m pytest -q -p no:cacheprovider $DEVICE_TESTS \
-    -k "$DESELECT" --junitxml="/opt/junit-$name.xml" >"$LOG/tests-$name.log" 2>&1 || true
+    -k "$DESELECT" --junitxml="/opt/junit-$name.xml" >"$LOG/tests-$name.log" 2>&1 \
+    || FAILED="$FAILED device-tests-$name"
   counts=$($PY "$ROOT/scripts/board/board.py" junit "$RFS/opt/junit-$name.xml")
   board "$venv/bin/python" /opt/project/board.py outputs /opt/ref/model.int8.probe.tflite /opt/ref/inputs.npy \
     "/opt/out-$name.npz" >"$LOG/outputs-$name.log" 2>&1
@@ -163,19 +168,25 @@ for name in ai-edge-litert tflite-runtime; do
     grep -q listening "$LOG/host-agent-$name.log" && break
     sleep 1
   done
-  $PY -m toolkit.cli check "$CACHE/host/model.keras" --variant int8 --quantized "$CACHE/host/export/model.int8.tflite" \
-    --agent "http://127.0.0.1:$((PORT + 1)),http://127.0.0.1:$PORT" --token board-emulation-token --no-features \
-    --suggest never --out "$CACHE/check-$name" >"$LOG/check-$name.log" 2>&1 || true
+  # Exit 0 or 1 is a verdict; anything else (2: could not judge) is a failed step (log: check-$name.log).
+  verdict=$($PY "$ROOT/scripts/board/board.py" check "$CACHE/host" \
+            "http://127.0.0.1:$((PORT + 1)),http://127.0.0.1:$PORT" board-emulation-token "$CACHE/check-$name" \
+            2>>"$LOG/check-$name.err") || FAILED="$FAILED check-$name"
+  cp "$CACHE/check-$name.log" "$LOG/check-$name.log" 2>/dev/null || true
   kill "$AGENT_PID" "$HOST_AGENT_PID" 2>/dev/null || true
   wait "$AGENT_PID" "$HOST_AGENT_PID" 2>/dev/null || true
   AGENT_PID=
-  verdict=$($PY "$ROOT/scripts/board/board.py" verdicts "$CACHE/check-$name/report.json" 2>>"$LOG/check-$name.log" \
-            || echo '{"matches": false}')
-  [ "$($PY -c "import json; print(json.loads('$verdict')['matches'])")" = True ] || MATCHES=false
+  [ "$($PY -c "import json,sys; print(json.loads(sys.argv[1])['matches'])" "$verdict")" = True ] || MATCHES=false
   RESULTS=$($PY -c "import json,sys; r=json.loads(sys.argv[1]); r[sys.argv[2]]={**json.loads(sys.argv[3]), 'int8_max_abs_diff_vs_host': float(sys.argv[4]), 'int8_max_abs_diff_vs_host_reference_kernels': float(sys.argv[6]), 'check': json.loads(sys.argv[5])}; print(json.dumps(r))" \
             "$RESULTS" "$name" "$counts" "$diff" "$verdict" "$diff_ref")
 done
 
 OUT=$($PY -c "import json,sys; print(json.dumps({'arch': sys.argv[1], 'cpu': sys.argv[2], 'runtimes': json.loads(sys.argv[3]), 'int8_max_abs_diff_vs_host': float(sys.argv[4]), 'check_verdict_matches_host': sys.argv[5] == 'true'}, indent=2))" \
       "$ARCH" "$CPU" "$RESULTS" "$MAXDIFF" "$MATCHES")
-if [ $JSON = 1 ]; then echo "$OUT"; else echo "$OUT"; echo "logs: $LOG"; fi
+echo "$OUT"
+[ $JSON = 1 ] || echo "logs: $LOG"
+[ "$MATCHES" = true ] || FAILED="$FAILED verdicts-differ"
+if [ -n "$FAILED" ]; then
+  echo "emulate.sh: failed:$FAILED (logs: $LOG)" >&2
+  exit 1
+fi

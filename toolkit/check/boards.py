@@ -2,14 +2,16 @@
 
 A board holds both files of a variant: the deploy file (what ships) scores identities, the probe file
 (with taps) answers the tap and feature questions. Both run through the board's own job code
-(``device.tasks``), and each board reports the runtime configuration it ran them in.
+(``device.tasks``), and each board reports the runtime configuration it ran them in. ``Board`` is what
+the check asks of one; ``LocalBoard`` and ``RemoteBoard`` answer it, each holding its two files as
+``deploy`` and ``probe``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,9 +21,31 @@ from device.plan import ProbePlan, ProbeResult
 from device.runtime import Runtime
 
 if TYPE_CHECKING:
-    from ..remote import Trust
+    from ..remote import AgentClient
 
 CHUNK = 8  # images per interpreter job: bounds memory (a stem tap of 8 faces is ~6 MB)
+
+
+class Board(Protocol):
+    """A place the deploy and probe files of one variant run."""
+
+    name: str
+    deploy_path: Path  # the deploy file on this machine
+
+    def info(self) -> dict:
+        """The runtime configuration each file ran in."""
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        """The deploy file's embeddings of normalised ``images``."""
+
+    def activations(self, plan: ProbePlan) -> dict:
+        """The probe file's tap activations of the plan's images (``values`` and ``stats`` per tap)."""
+
+    def ascent(self, plan: ProbePlan) -> ProbeResult:
+        """The plan by finite differences on the probe file."""
+
+    def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
+        """``files`` timed interleaved where this board runs them."""
 
 
 def _embedding_plan(images: np.ndarray) -> ProbePlan:
@@ -41,12 +65,12 @@ class LocalBoard:
     def __init__(self, deploy_tflite: str | os.PathLike, probe_tflite: str | os.PathLike,
                  threads: int | None = None, kernels: str = "xnnpack"):
         self.deploy = Runtime(deploy_tflite, threads=threads, kernels=kernels)
-        self.runtime = Runtime(probe_tflite, threads=threads, kernels=kernels)
+        self.probe = Runtime(probe_tflite, threads=threads, kernels=kernels)
         self.name = "host"
         self.deploy_path, self.threads, self.kernels = Path(deploy_tflite), threads, kernels
 
     def info(self) -> dict:
-        return {"deploy": runtime_config(self.deploy.info()), "probe": runtime_config(self.runtime.info())}
+        return {"deploy": runtime_config(self.deploy.info()), "probe": runtime_config(self.probe.info())}
 
     def embeddings(self, images: np.ndarray) -> np.ndarray:
         """The deploy file's embeddings, chunk by chunk through the board's embeddings job."""
@@ -54,10 +78,10 @@ class LocalBoard:
                                ["embedding"] for s in range(0, len(images), CHUNK)])
 
     def activations(self, plan: ProbePlan) -> dict:
-        return tasks.run(self.runtime, plan, "activations")
+        return tasks.run(self.probe, plan, "activations")
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
-        return tasks.run(self.runtime, plan, "ascent")
+        return tasks.run(self.probe, plan, "ascent")
 
     def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
         """``files`` timed interleaved here, in sandbox children with this board's threads and kernels."""
@@ -67,18 +91,17 @@ class LocalBoard:
 
 
 class RemoteBoard:
-    """A board agent (`faceprobe-agent serve`) holding the deploy and the probe file."""
+    """A board agent (`faceprobe-agent serve`) holding the deploy and the probe file; ``deploy`` and
+    ``probe`` are the agent's ids of them."""
 
-    def __init__(self, url: str, deploy_tflite: str | os.PathLike, probe_tflite: str | os.PathLike,
-                 token: str | None = None, trust: Trust | None = None):
-        from ..remote import AgentClient
-
-        self.client = AgentClient(url, token, trust=trust)
-        self.name = self.client.url
+    def __init__(self, client: AgentClient, deploy_tflite: str | os.PathLike,
+                 probe_tflite: str | os.PathLike):
+        self.client = client
+        self.name = client.url
         self.deploy_path = Path(deploy_tflite)
-        self.deploy_id = self.client.push(Path(deploy_tflite))
-        self.model_id = self.client.push(Path(probe_tflite))
-        self._health = self.client.health()
+        self.deploy = client.push(Path(deploy_tflite))
+        self.probe = client.push(Path(probe_tflite))
+        self._health = client.health()
         self._runtimes: dict[str, dict] = {}
 
     def info(self) -> dict:
@@ -87,22 +110,22 @@ class RemoteBoard:
                                                      "system", "python")}
         return {"agent": self.name, **health, **self._runtimes}
 
-    def _run(self, role: str, model_id: str, plan: ProbePlan, kind: str):
-        result = self.client.run(model_id, plan, kind)
+    def _run(self, role: str, plan: ProbePlan, kind: str):
+        result = self.client.run(getattr(self, role), plan, kind)
         meta = result.meta if isinstance(result, ProbeResult) else result["meta"]
         if role not in self._runtimes and isinstance(meta, dict) and "runtime" in meta:
             self._runtimes[role] = runtime_config(meta["runtime"])
         return result
 
     def embeddings(self, images: np.ndarray) -> np.ndarray:
-        return np.concatenate([self._run("deploy", self.deploy_id, _embedding_plan(images[s:s + CHUNK]),
-                                         "embeddings")["embedding"] for s in range(0, len(images), CHUNK)])
+        return np.concatenate([self._run("deploy", _embedding_plan(images[s:s + CHUNK]), "embeddings")
+                               ["embedding"] for s in range(0, len(images), CHUNK)])
 
     def activations(self, plan: ProbePlan) -> dict:
-        return self._run("probe", self.model_id, plan, "activations")
+        return self._run("probe", plan, "activations")
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
-        return self._run("probe", self.model_id, plan, "ascent")
+        return self._run("probe", plan, "ascent")
 
     def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
         """``files`` timed interleaved by the agent's bench job, in its own configuration."""

@@ -23,6 +23,16 @@ CHECKS = {
 }
 
 
+# A report's verdict -> the release gate's exit code.
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 2}
+
+
+def exit_code(report: dict) -> int:
+    """The release gate's exit code for a check report (or report.json read back): 0 pass, 1 fail,
+    2 could not judge."""
+    return EXIT_CODES[report["verdict"]]
+
+
 @dataclass(frozen=True)
 class Verdict:
     name: str

@@ -5,33 +5,16 @@ Shared by the check (``runner``) and its fix search (``search``), which import t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from device.plan import ProbeResult
+
 from ..data import FaceSet, Pairs
-from .gate import judge
-from .levels import feature_level, identity_level, tap_level
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    """How much the check measures: faces at the tap level, the feature level's start images, subspace
-    and steps, and the seed of every draw."""
-
-    sample: int = 32
-    feature_images: int = 1
-    features: bool = True
-    subspace_size: int = 3
-    steps: int = 20
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("sample", "feature_images", "subspace_size", "steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                flag = {"subspace_size": "feature-subspace"}.get(name, name).replace("_", "-")
-                raise ValueError(f"--{flag} must be an integer >= 1, got {value!r}")
+from .boards import Board
+from .gate import Verdict, judge
+from .levels import FeatureReference, feature_level, identity_level, tap_level
 
 
 @dataclass
@@ -71,15 +54,53 @@ def localise(taps: list[dict], thresholds: dict) -> dict:
             "ranking": [{"tap": r["tap"], "noise_added": r["noise_added"]} for r in ranked]}
 
 
-def check_board(model, board, data: CheckData, scales: dict, thresholds: dict,
-                reference: dict | None) -> dict:
+@dataclass(frozen=True)
+class BoardResult:
+    """One board judged: its three levels, the verdicts, the localisation, the runtime configuration it ran
+    in (``info``) and, where measured, its speed. ``feature_result``: the finite-difference probe result
+    behind the feature level, kept in memory for the figures and the .npz files (not in ``to_json``)."""
+
+    name: str
+    info: dict
+    passed: bool
+    verdicts: tuple[Verdict, ...]
+    taps: list[dict]
+    features: dict | None
+    identities: dict
+    localisation: dict
+    speed: dict | None = None
+    feature_result: ProbeResult | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def drop_pp(self) -> float:
+        return self.identities["accuracy_drop_pp"]
+
+    @property
+    def drop_se_pp(self) -> float:
+        return self.identities["accuracy_drop_se_pp"]
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [v.name for v in self.verdicts if not v.passed]
+
+    def to_json(self) -> dict:
+        """The board's entry in report.json."""
+        out = {"name": self.name, "info": self.info, "passed": self.passed,
+               "verdicts": [v.to_dict() for v in self.verdicts], "taps": self.taps, "features": self.features,
+               "identities": self.identities, "localisation": self.localisation}
+        if self.speed is not None:
+            out["speed"] = self.speed
+        return out
+
+
+def check_board(model, board: Board, data: CheckData, scales: dict, thresholds: dict,
+                reference: FeatureReference | None) -> BoardResult:
     """All three levels on one board, judged (``reference``: the feature reference, None to skip
     features). Identities are scored with the board's deploy file, taps and features with its probe file."""
     taps = tap_level(model, board, data.images[data.sample], scales)
-    feats = feature_level(model, reference, board) if reference else None
+    feats, fd_quant = feature_level(model, reference, board) if reference else (None, None)
     ident = identity_level(data.float_embeddings, board.embeddings(data.images), data.faces.labels,
                            data.pairs)
-    verdicts = judge(measured_checks(taps, feats, ident), thresholds)
-    return {"name": board.name, "info": board.info(), "passed": all(v.passed for v in verdicts),
-            "verdicts": [v.to_dict() for v in verdicts], "taps": taps, "features": feats,
-            "identities": ident, "localisation": localise(taps, thresholds)}
+    verdicts = tuple(judge(measured_checks(taps, feats, ident), thresholds))
+    return BoardResult(board.name, board.info(), all(v.passed for v in verdicts), verdicts, taps, feats,
+                       ident, localise(taps, thresholds), feature_result=fd_quant)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,7 +16,7 @@ from ..probe import make_plan, run_plan
 from ..probe.ascent import tap_responses
 from ..probe.compare import compare_ascents, cosine
 from ..zoo import list_taps, tap_key, tap_model
-from .boards import CHUNK
+from .boards import CHUNK, Board
 from .metrics import ErrorSums
 
 # The feature level's DCT subspace: 3x3 frequencies per channel, 27 directions, 55 evaluations per
@@ -29,7 +30,8 @@ def _activation_plan(model: keras.Model, images: np.ndarray) -> ProbePlan:
     return ProbePlan(targets=[{"tap": t.name, "channel": 0} for t in list_taps(model)], images=images)
 
 
-def tap_level(model: keras.Model, board, images: np.ndarray, scales: dict[str, float | None]) -> list[dict]:
+def tap_level(model: keras.Model, board: Board, images: np.ndarray,
+              scales: dict[str, float | None]) -> list[dict]:
     """Per tap, in depth order: SQNR, cosine, RMSE/scale, saturation, and the noise it adds over the tap
     before it (noise-to-signal ratio minus the previous tap's): the rank that localises a breakage.
 
@@ -72,7 +74,7 @@ def feature_plan(model: keras.Model, images: np.ndarray, subspace_size: int = FE
                      subspace={"kind": "dct", "size": subspace_size})
 
 
-def rescore(model: keras.Model, board, plan: ProbePlan, ascended: ProbeResult) -> dict:
+def rescore(model: keras.Model, board: Board, plan: ProbePlan, ascended: ProbeResult) -> dict:
     """Re-score the host's full-gradient ascent results on the quantized model.
 
     Per target: the objective float vs quantized on the same ascended image; per tap: the fraction of
@@ -103,28 +105,45 @@ def rescore(model: keras.Model, board, plan: ProbePlan, ascended: ProbeResult) -
     return {"targets": rows, "saturation": saturation}
 
 
-def feature_reference(model: keras.Model, float_board, images: np.ndarray,
-                      subspace_size: int = FEATURE_SUBSPACE, steps: int = 20) -> dict:
-    """What every board is compared with, computed once: the default plan by host autodiff on Keras and
-    by finite differences on the float TFLite (and how well the two agree: the estimator's own error),
-    and the full-gradient host ascent."""
+@dataclasses.dataclass(frozen=True)
+class FeatureReference:
+    """What every board's feature level is compared with, computed once: the plan by host autodiff on
+    Keras (``host``) and by finite differences on the float TFLite (``fd_float``), how well the two agree
+    (``estimator``: the estimator's own error), and the full-gradient host ascent (``full``)."""
+
+    plan: ProbePlan
+    host: ProbeResult
+    fd_float: ProbeResult
+    estimator: list[dict]
+    full_plan: ProbePlan
+    full: ProbeResult
+
+    def save(self, folder: Path) -> None:
+        """plan.json and one result folder each for ``host``, ``fd_float`` and ``full``."""
+        self.plan.save(folder / "plan.json")
+        for name in ("host", "fd_float", "full"):
+            getattr(self, name).save(folder / name)
+
+
+def feature_reference(model: keras.Model, float_board: Board, images: np.ndarray,
+                      subspace_size: int = FEATURE_SUBSPACE, steps: int = 20) -> FeatureReference:
+    """The feature reference of ``model`` on ``images`` (``float_board``: the float32 TFLite files)."""
     plan = feature_plan(model, images, subspace_size, steps)
     full_plan = dataclasses.replace(plan, subspace={"kind": "full"})
     host, fd_float = run_plan(model, plan, progress=False), float_board.ascent(plan)
-    return {"plan": plan, "host": host, "fd_float": fd_float,
-            "estimator": compare_ascents(plan, host, fd_float), "full_plan": full_plan,
-            "full": run_plan(model, full_plan, progress=False)}
+    return FeatureReference(plan, host, fd_float, compare_ascents(plan, host, fd_float), full_plan,
+                            run_plan(model, full_plan, progress=False))
 
 
-def feature_level(model: keras.Model, reference: dict, board) -> dict:
+def feature_level(model: keras.Model, reference: FeatureReference, board: Board) -> tuple[dict, ProbeResult]:
     """The plan by finite differences on the quantized model, with the same perturbations as on the float
     TFLite (so estimator error cancels and what remains is quantization), and the full-gradient ascent
-    re-scored on the quantized model."""
-    plan = reference["plan"]
+    re-scored on the quantized model; (the level's figures, the board's finite-difference result)."""
+    plan = reference.plan
     fd_quant = board.ascent(plan)
-    estimator = reference["estimator"]
-    float_vs_quant = compare_ascents(plan, reference["fd_float"], fd_quant)
-    sat = rescore(model, board, reference["full_plan"], reference["full"])
+    estimator = reference.estimator
+    float_vs_quant = compare_ascents(plan, reference.fd_float, fd_quant)
+    sat = rescore(model, board, reference.full_plan, reference.full)
     max_sat = [v["ascended"] for v in sat["saturation"].values() if v["ascended"] is not None]
     grad = [r["gradient_cosine"] for r in float_vs_quant if r["gradient_cosine"] is not None]
     return {
@@ -138,8 +157,7 @@ def feature_level(model: keras.Model, reference: dict, board) -> dict:
             "max_saturation": max(max_sat) if max_sat else None,
             "estimator_change_correlation": float(np.mean([r["change_correlation"] for r in estimator])),
         },
-        "_results": {"fd_quant": fd_quant},
-    }
+    }, fd_quant
 
 
 def identity_level(float_embeddings: np.ndarray, quant_embeddings: np.ndarray, labels: np.ndarray,

@@ -1,13 +1,16 @@
 """`run_check`: export (or take) the quantized variant, compare it with the float model at three levels on
 the host interpreter and on every board named, judge it against the thresholds, localise, and search for
-the cheapest recipe that passes when it fails."""
+the cheapest recipe that passes when it fails.
+
+Staged: the faces and the data gate (``prepare``), the export, the feature reference, every board judged
+(the host, then the agents in parallel through ``remote.Fleet``), the fix search, the report."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -17,22 +20,22 @@ from device.manifest import load_manifest, manifest_path_for
 from .. import atomic
 from ..data import FaceSet, load_identity_folders, make_pairs, normalize, synthesize
 from ..evaluate import embed
-from ..export import Recipe, check_source, export_keras, file_name
+from ..export import Recipe, export_keras, file_name, validate_source
 from ..export.prefixes import export_prefixes
 from ..modelfile import load_face_model
+from ..params import ParameterError
+from ..remote import Fleet
 from ..report.check_page import render_check
-from .boards import LocalBoard, RemoteBoard
+from .boards import Board, LocalBoard, RemoteBoard
 from .gate import load_thresholds
-from .judging import CheckData, CheckOptions, check_board
-from .levels import feature_reference, identity_level, tap_scales
-from .search import search_recipes
-from .speed import HOST, IMAGES, Pricer, add_speed
-
-if TYPE_CHECKING:
-    from ..remote import Trust
+from .judging import BoardResult, CheckData
+from .levels import FeatureReference, identity_level
+from .options import CheckOptions
+from .search import JudgedRecipe, search_recipes
+from .session import CheckSession
+from .speed import HOST, IMAGES, Pricer, slower_warning, with_speed
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
-SEARCH_MODES = ("on-fail", "always", "never")
 SPEED_SUMMARY = ("latency_ms", "float32_latency_ms", "speedup_b1")
 
 
@@ -43,12 +46,9 @@ def load_faces(data: str | os.PathLike | None, size: int, out: Path,
     if data is not None:
         if not Path(data).is_dir():
             raise FileNotFoundError(f"no folder of faces at {data}: pass a folder of identity folders")
-        faces = load_identity_folders(data, image_size=size, progress=False, align=align)
-        if identities:
-            from ..training.config import parse_identities
-
-            return faces.select(parse_identities(identities)), f"{data} ({identities})"
-        return faces, str(data)
+        faces = load_identity_folders(data, image_size=size, progress=False, align=align,
+                                      identities=identities or None)
+        return faces, f"{data} ({identities})" if identities else str(data)
     folder = synthesize(out / "faces", identities=12, images_per_identity=6, size=size, seed=1,
                         progress=False)
     return load_identity_folders(folder, image_size=size, progress=False), "synthetic (12 x 6, seed 1)"
@@ -58,12 +58,13 @@ def taken_variant(deploy: str | os.PathLike) -> tuple[str, dict[str, Path]]:
     """(variant, {"deploy", "probe"}) of an exported deploy model and the probe model beside it."""
     deploy = Path(deploy)
     if not deploy.is_file():
-        raise FileNotFoundError(f"--quantized {deploy}: no such file; pass a deploy .tflite written by "
-                                "`faceprobe export`")
+        raise ParameterError("quantized", f"{{name}} {deploy}: no such file; pass a deploy .tflite written "
+                                          "by `faceprobe export`")
     manifest = load_manifest(manifest_path_for(deploy))
     if manifest["role"] != "deploy":
-        raise ValueError(f"--quantized {deploy} is a {manifest['role']} file; pass the deploy file "
-                         f"(model.{manifest['variant']}.tflite): it is the file that ships and is judged")
+        raise ParameterError("quantized", f"{{name}} {deploy} is a {manifest['role']} file; pass the deploy "
+                                          f"file (model.{manifest['variant']}.tflite): it is the file that "
+                                          "ships and is judged")
     variant = manifest["variant"]
     probe = deploy.with_name(file_name(variant, "probe"))
     if not probe.is_file():
@@ -78,10 +79,11 @@ def taken_recipe(files: dict[str, Path]) -> Recipe | None:
     return Recipe.from_dict(recorded, f"recipe in {files['deploy']}'s manifest") if recorded else None
 
 
-def check_out_dir(out_dir: str | os.PathLike) -> Path:
+def validate_out_dir(out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; name a folder for the report (it is created if missing)")
+        raise ParameterError("out_dir", f"{{name}} {out} is a file; name a folder for the report (it is "
+                                        "created if missing)")
     return out
 
 
@@ -112,181 +114,179 @@ def float_verification(data: CheckData) -> float:
                           data.pairs)["float"]["verification_accuracy"]
 
 
-def run_check(
-    model_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    recipe: Recipe | None = None,
-    data: str | os.PathLike | None = None,
-    identities: str | None = None,
-    thresholds: str | os.PathLike | None = None,
-    agents: Sequence[str] = (),
-    token: str | None = None,
-    trust: Trust | None = None,
-    quantized: str | os.PathLike | None = None,
-    options: CheckOptions | None = None,
-    search: str = "on-fail",
-    progress: bool = True,
-    align: bool = False,
-    price_on: str | None = None,
-) -> dict:
+def checked_recipe(recipe: Recipe | None, quantized: str | os.PathLike | None, model, model_path
+                   ) -> tuple[Recipe, dict[str, Path] | None]:
+    """The recipe checked and, for a ``quantized`` file taken as it is, its files (from this model)."""
+    if quantized is None:
+        return recipe or Recipe("int8"), None
+    variant, taken = taken_variant(quantized)
+    for role, path in taken.items():
+        validate_source(load_manifest(manifest_path_for(path)), model, model_path,
+                        f"quantized {role} file {path}")
+    return taken_recipe(taken) or Recipe(variant), taken
+
+
+def calibration_faces(recipe: Recipe, faces: FaceSet, size: int, out: Path, align: bool) -> np.ndarray:
+    """The faces int8 ranges are calibrated on: the folder the recipe names, else the check faces."""
+    cal = recipe.calibration
+    if cal.images and recipe.calibrated:
+        return load_faces(cal.images, size, out, cal.identities, align)[0].images
+    return faces.images
+
+
+def report_base(model_path, meta: dict, recipe: Recipe, data: CheckData, source: str, thresholds: dict,
+                float_accuracy: float) -> dict:
+    """What every report says, whatever its verdict: the model, the faces, the thresholds, the recipe."""
+    cal = recipe.calibration
+    return {"schema": REPORT_SCHEMA,
+            "model": {"path": str(model_path), "architecture": meta.get("architecture"),
+                      "input_shape": meta.get("input_shape")},
+            "data": {"source": source, "images": int(len(data.faces.labels)),
+                     "identities": len(data.faces.names),
+                     "pairs": int(len(data.pairs.issame)), "tap_sample": int(len(data.sample)),
+                     "float_verification_accuracy": float_accuracy,
+                     "calibration": (f"{cal.images} ({cal.identities or 'all'})" if cal.images
+                                     else "the check faces")},
+            "thresholds": thresholds, "recipe": recipe.to_dict()}
+
+
+def inconclusive(base: dict, why: str, variant: str, out: Path) -> dict:
+    """The report of a check that cannot judge (the float model does not verify the faces), written."""
+    accuracy = base["data"]["float_verification_accuracy"]
+    report = {**base, "verdict": "inconclusive", "passed": None, "reason": why,
+              "summary": {"verdict": "inconclusive", "passed": None, "reason": why, "variant": variant,
+                          "float_verification_accuracy": accuracy}}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / "report.json", report)
+    render_check(out)
+    return report
+
+
+def judge_boards(session: CheckSession, files: dict[str, Path], reference: FeatureReference | None,
+                 opts: CheckOptions) -> list[tuple[Board, BoardResult]]:
+    """The host, then every agent of ``opts.agents`` at once (one thread each), each holding ``files``:
+    (board, its result) in that order."""
+    def judged(board: Board) -> tuple[Board, BoardResult]:
+        return board, session.judge(board, files, reference)
+
+    host = judged(LocalBoard(files["deploy"], files["probe"]))
+    if not opts.agents:
+        return [host]
+    remote = Fleet(opts.agents, opts.token, trust=opts.trust).map(
+        lambda client: judged(RemoteBoard(client, files["deploy"], files["probe"])))
+    return [host, *remote.values()]
+
+
+def time_boards(judged: list[tuple[Board, BoardResult]], session: CheckSession,
+                prefixes: dict[str, Path]) -> list[BoardResult]:
+    """Every judged board's speed, one board after the other (a board timed while the host works for
+    another would time the host's load)."""
+    return [with_speed(board, result, session.float32["deploy"], prefixes, session.data.images,
+                       session.thresholds) for board, result in judged]
+
+
+def summary(recipe: Recipe, boards: list[BoardResult], found: dict | None) -> dict:
+    """The verdict and the figures a reader looks at first (the host's, and every failed check)."""
+    host, passed = boards[0], all(b.passed for b in boards)
+    return {
+        "verdict": "pass" if passed else "fail",
+        "passed": passed,
+        "variant": recipe.variant,
+        "recipe": recipe.label(),
+        "verification_accuracy": {"float": host.identities["float"]["verification_accuracy"],
+                                  "quantized": host.identities["quantized"]["verification_accuracy"]},
+        "accuracy_drop_pp": host.drop_pp,
+        "accuracy_drop_se_pp": host.drop_se_pp,
+        "worst_tap": host.localisation["worst_tap"],
+        "first_broken_tap": host.localisation["first_broken_tap"],
+        "failed_checks": sorted({f"{b.name}:{name}" for b in boards for name in b.failed_checks}),
+        "boards": [b.name for b in boards],
+        "speed": {b.name: {k: b.speed[k] for k in SPEED_SUMMARY} for b in boards},
+        "speed_warnings": [w for b in boards if (w := slower_warning(b.name, b.speed, recipe.variant))],
+        "search": None if found is None else {"best": found["best_label"],
+                                              "recipe_file": found["recipe_file"],
+                                              "tried": len(found["rows"]) - 1,
+                                              "priced_on": found["priced_on"]},
+    }
+
+
+def run_check(model_path: str | os.PathLike, out_dir: str | os.PathLike, recipe: Recipe | None = None,
+              quantized: str | os.PathLike | None = None, options: CheckOptions | None = None,
+              progress: bool = True, **settings: Any) -> dict:
     """Run the check and write report.json (+ figures and report.html) into ``out_dir``; returns the report,
     whose ``verdict`` is "pass", "fail" or "inconclusive" (the float model cannot verify the faces).
 
     ``recipe``: what to export and check (default: int8 calibrated on the check faces, or on the folder
     its calibration names). ``quantized``: an exported deploy ``.tflite`` of this model to check instead
-    (its probe file beside it; its manifest's recipe is what the search starts from). ``search``:
-    "on-fail" (default), "always" or "never" run the fix search ("exhaustive": every candidate, for the
-    full table). ``price_on``: "host" or an agent URL where the search prices recipes (default: the first
-    agent, else the host). Raises ProvenanceError when
-    ``quantized`` was exported from another model.
+    (its probe file beside it; its manifest's recipe is what the search starts from). ``options``: the
+    faces, thresholds, boards, search and sizes (``CheckOptions``); keyword ``settings`` are fields of it
+    (``run_check(m, out, data="faces", search="never")``). Raises ParameterError naming a bad argument,
+    ProvenanceError when ``quantized`` was exported from another model.
     """
-    if search not in SEARCH_MODES + ("exhaustive",):
-        raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}")
-    opts = options or CheckOptions()
-    recipe = recipe or Recipe("int8")
-    if recipe.variant == "float32":
-        raise ValueError("variant float32 is the reference itself; check float16, dynamic_int8, int8 or "
-                         "int16x8")
-    out = check_out_dir(out_dir)
-    thresholds_used = load_thresholds(thresholds)
+    opts = replace(options or CheckOptions(), **settings)
+    if recipe is not None and recipe.variant == "float32":
+        raise ParameterError("recipe", "{name}: variant float32 is the reference itself; check float16, "
+                                       "dynamic_int8, int8 or int16x8")
+    out = validate_out_dir(out_dir)
+    thresholds = load_thresholds(opts.thresholds)
     # An unreachable pricing board fails here, before the check's long work.
-    pricer = Pricer(price_on or (agents[0] if agents else HOST), token, trust)
+    pricer = Pricer(opts.price_on or (opts.agents[0] if opts.agents else HOST), opts.token, opts.trust)
     model, meta = load_face_model(model_path)
-    taken = None
-    if quantized is not None:
-        variant, taken = taken_variant(quantized)
-        for role, path in taken.items():
-            check_source(load_manifest(manifest_path_for(path)), model, model_path,
-                         f"--quantized {role} file {path}")
-        recipe = taken_recipe(taken) or Recipe(variant)
+    recipe, taken = checked_recipe(recipe, quantized, model, model_path)
     bar = tqdm(total=5, desc="check", disable=not progress, unit="stage")
     size = int(model.input_shape[1])
-    faces, source = load_faces(data, size, out, identities, align)
-    cal = recipe.calibration
-    calib_faces = (load_faces(cal.images, size, out, cal.identities, align)[0].images
-                   if cal.images and recipe.calibrated else faces.images)
-
-    check_data = prepare_data(model, meta, faces, opts)
-    images, sample_idx = check_data.images, check_data.sample
-    float_accuracy = float_verification(check_data)
-    why = data_verdict(float_accuracy, thresholds_used)
-    base = {"schema": REPORT_SCHEMA,
-            "model": {"path": str(model_path), "architecture": meta.get("architecture"),
-                      "input_shape": meta.get("input_shape")},
-            "data": {"source": source, "images": int(len(faces.labels)), "identities": len(faces.names),
-                     "pairs": int(len(check_data.pairs.issame)), "tap_sample": int(len(sample_idx)),
-                     "float_verification_accuracy": float_accuracy,
-                     "calibration": (f"{cal.images} ({cal.identities or 'all'})" if cal.images
-                                     else "the check faces")},
-            "thresholds": thresholds_used, "recipe": recipe.to_dict()}
+    faces, source = load_faces(opts.data, size, out, opts.identities, opts.align)
+    calibration = calibration_faces(recipe, faces, size, out, opts.align)
+    data = prepare_data(model, meta, faces, opts)
+    float_accuracy = float_verification(data)
+    base = report_base(model_path, meta, recipe, data, source, thresholds, float_accuracy)
+    why = data_verdict(float_accuracy, thresholds)
     if why:
         bar.close()
-        report = {**base, "verdict": "inconclusive", "passed": None, "reason": why,
-                  "summary": {"verdict": "inconclusive", "passed": None, "reason": why,
-                              "variant": recipe.variant, "float_verification_accuracy": float_accuracy}}
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(out / "report.json", report)
-        render_check(out)
-        return report
+        return inconclusive(base, why, recipe.variant, out)
 
     bar.set_postfix_str("export")
     # The float32 TFLite is the feature level's reference and the search's price; a taken file is not
     # exported again.
-    wanted = ["float32"] + ([] if taken else [recipe])
-    exported = export_keras(model, meta, out / "export", wanted, calibration=calib_faces,
-                            source=Path(model_path))
-    if taken:
-        exported[recipe.variant] = taken
-    variant_files = exported[recipe.variant]
+    exported = export_keras(model, meta, out / "export", ["float32"] + ([] if taken else [recipe]),
+                            calibration=calibration, source=Path(model_path))
+    exported[recipe.variant] = taken or exported[recipe.variant]
     # Cut after each stage's last tap: each board prices its stages with them.
-    prefixes = export_prefixes(model, meta, recipe, out / "export" / "prefixes", calib_faces,
+    prefixes = export_prefixes(model, meta, recipe, out / "export" / "prefixes", calibration,
                                Path(model_path))
+    pricer.images = data.images[:IMAGES]
+    session = CheckSession(model, meta, Path(model_path), data, thresholds, calibration, exported["float32"],
+                           out, pricer)
     bar.update()
-
-    scales = tap_scales(load_manifest(manifest_path_for(variant_files["probe"])))
     bar.set_postfix_str("features")
-    feat_imgs = images[sample_idx[:opts.feature_images]]
-    float_board = LocalBoard(exported["float32"]["deploy"], exported["float32"]["probe"])
-    reference = (feature_reference(model, float_board, feat_imgs, opts.subspace_size, opts.steps)
-                 if opts.features else None)
-    bar.set_postfix_str("host")
-    placed = [LocalBoard(variant_files["deploy"], variant_files["probe"])]
-    boards = [check_board(model, placed[0], check_data, scales, thresholds_used, reference)]
-    bar.update()
+    reference = session.feature_reference(opts) if opts.features else None
     bar.set_postfix_str("boards")
-    for url in agents:
-        placed.append(RemoteBoard(url, variant_files["deploy"], variant_files["probe"], token, trust))
-        boards.append(check_board(model, placed[-1], check_data, scales, thresholds_used, reference))
+    judged = judge_boards(session, exported[recipe.variant], reference, opts)
+    bar.update()
     bar.set_postfix_str("speed")
-    slower = add_speed(placed, boards, exported["float32"]["deploy"], prefixes, images, thresholds_used,
-                       recipe.variant)
+    boards = time_boards(judged, session, prefixes)
     bar.update()
-
-    passed = all(b["passed"] for b in boards)
-    host = boards[0]
+    passed = all(b.passed for b in boards)
     bar.set_postfix_str("search")
-    found = None
-    if search in ("always", "exhaustive") or (search == "on-fail" and not passed):
-        checked = {"files": variant_files, "drop_pp": host["identities"]["accuracy_drop_pp"],
-                   "drop_se_pp": host["identities"]["accuracy_drop_se_pp"],
-                   "localisation": host["localisation"], "passed": passed}
-        pricer.images = images[:IMAGES]
-        found = search_recipes(model, meta, Path(model_path), recipe, checked, check_data, calib_faces,
-                               thresholds_used, out / "search", exported["float32"]["deploy"], pricer,
-                               exhaustive=search == "exhaustive")
+    found = (search_recipes(session, JudgedRecipe(recipe, exported[recipe.variant], boards[0], passed),
+                            exhaustive=opts.search == "exhaustive") if opts.searches(passed) else None)
     bar.update()
-    verdict = "pass" if passed else "fail"
-    report = {
-        **base,
-        "verdict": verdict,
-        "passed": passed,
-        "summary": {
-            "verdict": verdict,
-            "passed": passed,
-            "variant": recipe.variant,
-            "recipe": recipe.label(),
-            "verification_accuracy": {"float": host["identities"]["float"]["verification_accuracy"],
-                                      "quantized": host["identities"]["quantized"]["verification_accuracy"]},
-            "accuracy_drop_pp": host["identities"]["accuracy_drop_pp"],
-            "accuracy_drop_se_pp": host["identities"]["accuracy_drop_se_pp"],
-            "worst_tap": host["localisation"]["worst_tap"],
-            "first_broken_tap": host["localisation"]["first_broken_tap"],
-            "failed_checks": sorted({f"{b['name']}:{v['name']}" for b in boards for v in b["verdicts"]
-                                     if not v["passed"]}),
-            "boards": [b["name"] for b in boards],
-            "speed": {b["name"]: {k: b["speed"][k] for k in SPEED_SUMMARY} for b in boards},
-            "speed_warnings": slower,
-            "search": None if found is None else {"best": found["best_label"],
-                                                  "recipe_file": found["recipe_file"],
-                                                  "tried": len(found["rows"]) - 1,
-                                                  "priced_on": found["priced_on"]},
-        },
-        "exported": {v: {r: str(p) for r, p in roles.items()} for v, roles in exported.items()},
-        "boards": [_public(b) for b in boards],
-        "search": found,
-    }
+    verdict = summary(recipe, boards, found)
+    report = {**base, "verdict": verdict["verdict"], "passed": passed, "summary": verdict,
+              "exported": {v: {r: str(p) for r, p in roles.items()} for v, roles in exported.items()},
+              "boards": [b.to_json() for b in boards], "search": found}
     write_report(report, boards, reference, out)
     bar.update()
     bar.close()
     return report
 
 
-def _public(board: dict) -> dict:
-    """A board's results without the in-memory probe results (they go to figures and .npz files)."""
-    out = dict(board)
-    if out.get("features"):
-        out["features"] = {k: v for k, v in out["features"].items() if k != "_results"}
-    return out
-
-
-def write_report(report: dict, boards: list[dict], reference: dict | None, out: Path) -> None:
+def write_report(report: dict, boards: list[BoardResult], reference: FeatureReference | None,
+                 out: Path) -> None:
     """report.json, the probe results (reference and per board), the figures and report.html."""
     if reference:
-        d = out / "features"
-        reference["plan"].save(d / "plan.json")
-        for name in ("host", "fd_float", "full"):
-            reference[name].save(d / name)
+        reference.save(out / "features")
         for i, board in enumerate(boards):
-            board["features"]["_results"]["fd_quant"].save(d / f"fd_quant_board{i}")
+            board.feature_result.save(out / "features" / f"fd_quant_board{i}")
     atomic.write_json(out / "report.json", report)
     render_check(out)

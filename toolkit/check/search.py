@@ -17,19 +17,15 @@ candidate.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from device.manifest import load_manifest, manifest_path_for
-
-from ..export import Recipe, export_keras
+from ..export import Recipe
 from .boards import LocalBoard
-from .judging import CheckData, check_board
-from .levels import tap_scales
-from .speed import Pricer
+from .judging import BoardResult
+from .session import CheckSession
 
 MAX_KEEP_FLOAT = 3
 
@@ -67,24 +63,30 @@ def candidates(base: Recipe, localisation: dict, calibration_faces: int,
     return unique
 
 
-def judge_recipe(model, meta: dict, model_path: Path, recipe: Recipe, data: CheckData,
-                 calibration: np.ndarray, thresholds: dict, out: Path) -> dict:
-    """Export ``recipe``, judge it on the host at the tap and identity levels; the files and verdicts."""
-    files = export_keras(model, meta, out, [recipe], calibration=calibration,
-                         source=model_path)[recipe.variant]
-    scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
-    judged = check_board(model, LocalBoard(files["deploy"], files["probe"]), data, scales, thresholds, None)
-    return {**judged, "files": files, "drop_pp": judged["identities"]["accuracy_drop_pp"],
-            "drop_se_pp": judged["identities"]["accuracy_drop_se_pp"]}
+@dataclass(frozen=True)
+class JudgedRecipe:
+    """A recipe, its exported files and its host result; ``passed``: on every board it was judged on."""
+
+    recipe: Recipe
+    files: dict[str, Path]
+    host: BoardResult
+    passed: bool
 
 
-def price(files: dict, float32_deploy: Path, pricer: Pricer) -> dict:
+def judge_recipe(session: CheckSession, recipe: Recipe, out: Path) -> JudgedRecipe:
+    """Export ``recipe`` into ``out`` and judge it on the host at the tap and identity levels."""
+    files = session.export([recipe], out)[recipe.variant]
+    host = session.judge(LocalBoard(files["deploy"], files["probe"]), files)
+    return JudgedRecipe(recipe, files, host, host.passed)
+
+
+def price(files: dict, session: CheckSession) -> dict:
     """Deploy size and batch-1 latency against the float32 deploy file's, timed side by side where
-    ``pricer`` measures (the host or a board)."""
-    deploy = Path(files["deploy"])
-    return {"bytes": deploy.stat().st_size,
-            "size_ratio": deploy.stat().st_size / Path(float32_deploy).stat().st_size,
-            **pricer(deploy, Path(float32_deploy))}
+    ``session.pricer`` measures (the host or a board)."""
+    deploy, float32_deploy = Path(files["deploy"]), Path(session.float32["deploy"])
+    size = deploy.stat().st_size
+    return {"bytes": size, "size_ratio": size / float32_deploy.stat().st_size,
+            **session.pricer(deploy, float32_deploy)}
 
 
 def pareto(rows: list[dict]) -> None:
@@ -98,28 +100,27 @@ def pareto(rows: list[dict]) -> None:
                               for o in rows if o is not r)
 
 
-def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: dict, data: CheckData,
-                   calibration: np.ndarray, thresholds: dict, out: Path, float32_deploy: Path,
-                   pricer: Pricer, exhaustive: bool = False) -> dict:
-    """Try the candidates in order until one passes (``exhaustive``: try them all, for the full table);
-    returns the table (the base recipe first) priced where ``pricer`` measures, the best recipe (the
-    first that passes; None when none does) and where it was written (``out/recipe.toml``)."""
+def search_recipes(session: CheckSession, checked: JudgedRecipe, exhaustive: bool = False) -> dict:
+    """Try the candidates after ``checked`` in order until one passes (``exhaustive``: try them all, for the
+    full table), each exported under ``session.out / "search"``; returns the table (the checked recipe
+    first) priced where ``session.pricer`` measures, the best recipe (the first that passes; None when
+    none does) and where it was written (``search/recipe.toml``)."""
+    out, base = session.out / "search", checked.recipe
     rows = [{"name": "checked recipe", "recipe": base.to_dict(), "label": base.label(),
-             **price(base_row["files"], float32_deploy, pricer), "drop_pp": base_row["drop_pp"],
-             "drop_se_pp": base_row["drop_se_pp"], "passed": base_row["passed"]}]
-    best = base if base_row["passed"] else None
-    depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
-    tried = (candidates(base, base_row["localisation"], len(calibration), depthwise)
+             **price(checked.files, session), "drop_pp": checked.host.drop_pp,
+             "drop_se_pp": checked.host.drop_se_pp, "passed": checked.passed}]
+    best = base if checked.passed else None
+    depthwise = any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in session.model.layers)
+    tried = (candidates(base, checked.host.localisation, len(session.calibration), depthwise)
              if exhaustive or best is None else [])
     for i, (name, recipe) in enumerate(tried, 1):
-        judged = judge_recipe(model, meta, model_path, recipe, data, calibration, thresholds,
-                              out / f"{i:02d}-{recipe.variant}")
+        judged = judge_recipe(session, recipe, out / f"{i:02d}-{recipe.variant}")
         rows.append({"name": name, "recipe": recipe.to_dict(), "label": recipe.label(),
-                     **price(judged["files"], float32_deploy, pricer), "drop_pp": judged["drop_pp"],
-                     "drop_se_pp": judged["drop_se_pp"], "passed": judged["passed"],
-                     "failed_checks": [v["name"] for v in judged["verdicts"] if not v["passed"]],
-                     "files": {k: str(v) for k, v in judged["files"].items()}})
-        if judged["passed"] and best is None:
+                     **price(judged.files, session), "drop_pp": judged.host.drop_pp,
+                     "drop_se_pp": judged.host.drop_se_pp, "passed": judged.passed,
+                     "failed_checks": judged.host.failed_checks,
+                     "files": {k: str(v) for k, v in judged.files.items()}})
+        if judged.passed and best is None:
             best = recipe
             if not exhaustive:
                 break
@@ -127,4 +128,4 @@ def search_recipes(model, meta: dict, model_path: Path, base: Recipe, base_row: 
     written = str(best.save(out / "recipe.toml")) if best else None
     return {"rows": rows, "best": None if best is None else best.to_dict(),
             "best_label": None if best is None else best.label(), "recipe_file": written,
-            "judged_at": ["taps", "identities"], "priced_on": pricer.name}
+            "judged_at": ["taps", "identities"], "priced_on": session.pricer.name}

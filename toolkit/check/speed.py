@@ -6,6 +6,7 @@ search's prices come from the same measurement, on the board it is told to price
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,9 @@ import numpy as np
 from device.bench import BenchSpec
 
 from ..speed import HOST, bench_agent, bench_host, speed_of, stage_shares
-from .gate import judge
+from .boards import Board
+from .gate import Verdict, judge
+from .judging import BoardResult
 
 if TYPE_CHECKING:
     from ..remote import Trust
@@ -23,7 +26,7 @@ SPEC = BenchSpec(rounds=200, warmup=10, max_seconds=60.0)
 IMAGES = 8  # check faces the timed invocations cycle through (real inputs, not zeros)
 
 
-def board_speed(board, float32_deploy: Path, prefixes: dict[str, Path], images: np.ndarray) -> dict:
+def board_speed(board: Board, float32_deploy: Path, prefixes: dict[str, Path], images: np.ndarray) -> dict:
     """``board``'s deploy file against the float32 deploy file, and its stages' shares of the latency."""
     result = board.bench([board.deploy_path, Path(float32_deploy), *prefixes.values()], SPEC, images[:IMAGES])
     speed = speed_of(result, 0, 1)
@@ -31,10 +34,15 @@ def board_speed(board, float32_deploy: Path, prefixes: dict[str, Path], images: 
     return speed
 
 
-def speed_verdicts(speed: dict, thresholds: dict) -> list[dict]:
+def speed_gate(speed: dict, thresholds: dict) -> list[Verdict]:
     """The speed verdict where ``[speed] min_speedup`` is on (above 0); none where it is off."""
     on = thresholds["speed"]["min_speedup"] > 0
-    return [v.to_dict() for v in judge({"speedup_b1": speed["speedup_b1"] if on else None}, thresholds)]
+    return judge({"speedup_b1": speed["speedup_b1"] if on else None}, thresholds)
+
+
+def speed_verdicts(speed: dict, thresholds: dict) -> list[dict]:
+    """``speed_gate`` as report.json writes it."""
+    return [v.to_dict() for v in speed_gate(speed, thresholds)]
 
 
 def slower_warning(board: str, speed: dict, variant: str) -> str | None:
@@ -48,20 +56,13 @@ def slower_warning(board: str, speed: dict, variant: str) -> str | None:
     return message
 
 
-def add_speed(placed: list, boards: list[dict], float32_deploy: Path, prefixes: dict[str, Path],
-              images: np.ndarray, thresholds: dict, variant: str) -> list[str]:
-    """Time every judged board (``placed[i]`` judged as ``boards[i]``): its ``speed``, the speed verdict
-    where it is on; returns the warnings about boards where the quantized file is the slower one."""
-    slower = []
-    for board, judged in zip(placed, boards, strict=True):
-        judged["speed"] = board_speed(board, float32_deploy, prefixes, images)
-        verdicts = speed_verdicts(judged["speed"], thresholds)
-        judged["verdicts"] += verdicts
-        judged["passed"] = judged["passed"] and all(v["passed"] for v in verdicts)
-        warning = slower_warning(judged["name"], judged["speed"], variant)
-        if warning:
-            slower.append(warning)
-    return slower
+def with_speed(board: Board, judged: BoardResult, float32_deploy: Path, prefixes: dict[str, Path],
+               images: np.ndarray, thresholds: dict) -> BoardResult:
+    """``judged`` (``board``'s result) with its ``speed`` and, where it is on, the speed verdict."""
+    speed = board_speed(board, float32_deploy, prefixes, images)
+    verdicts = speed_gate(speed, thresholds)
+    return replace(judged, speed=speed, verdicts=judged.verdicts + tuple(verdicts),
+                   passed=judged.passed and all(v.passed for v in verdicts))
 
 
 class Pricer:

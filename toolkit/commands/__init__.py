@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def writes_folder(parser: argparse.ArgumentParser, *markers: str) -> None:
@@ -12,6 +14,19 @@ def writes_folder(parser: argparse.ArgumentParser, *markers: str) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace --out when it holds an earlier output of this command")
     parser.set_defaults(outputs=markers)
+
+
+@contextmanager
+def flags(names: dict[str, str] | None = None) -> Iterator[None]:
+    """Inside, a ParameterError of the domain code is raised again naming its command-line flag:
+    ``names[parameter]``, else ``--`` and the parameter with dashes."""
+    from ..params import ParameterError
+
+    try:
+        yield
+    except ParameterError as exc:
+        flag = (names or {}).get(exc.parameter) or "--" + exc.parameter.replace("_", "-")
+        raise exc.named(flag) from None
 
 
 def agent_trust_options(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import os
 from device.cli import TOKEN_ENV
 from device.console import non_negative_int, positive_int
 
-from . import agent_trust, agent_trust_options, writes_folder
+from . import agent_trust, agent_trust_options, flags, writes_folder
 
 
 def add_parser(subparsers) -> None:
@@ -99,24 +99,25 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..check.judging import CheckOptions
-    from ..check.runner import run_check
-    from ..modelfile import check_model_file
+    from ..check import CheckOptions, exit_code, run_check
+    from ..modelfile import validate_model_file
 
-    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
+    validate_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
     if args.quantized and (args.recipe or args.variant or args.keep_float or args.float_ops):
         raise ValueError("--quantized checks a file already exported; drop --recipe/--variant/--keep-float/"
                          "--float-ops "
                          "(its manifest records the recipe that made it)")
-    options = CheckOptions(sample=args.sample, feature_images=args.feature_images,
-                           features=not args.no_features, subspace_size=args.feature_subspace, seed=args.seed)
-    agents = [u.strip() for a in args.agent for u in a.split(",") if u.strip()]
-    report = run_check(
-        args.model, args.out, recipe=None if args.quantized else recipe_from_args(args), data=args.data,
-        identities=args.identities, thresholds=args.thresholds, agents=agents,
-        token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args), quantized=args.quantized,
-        options=options, search=args.search, progress=not args.json, align=args.align, price_on=args.price_on)
+    with flags(FLAGS):
+        options = CheckOptions(data=args.data, identities=args.identities, align=args.align,
+                               thresholds=args.thresholds, agents=args.agent,
+                               token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args),
+                               search=args.search, price_on=args.price_on,
+                               sample=args.sample, feature_images=args.feature_images,
+                               features=not args.no_features, subspace_size=args.feature_subspace,
+                               seed=args.seed)
+        report = run_check(args.model, args.out, recipe=None if args.quantized else recipe_from_args(args),
+                           quantized=args.quantized, options=options, progress=not args.json)
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -124,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"CANNOT JUDGE: {summary['reason']}")
     else:
         print_summary(report, args.out)
-    return EXIT[report["verdict"]]
+    return exit_code(report)
 
 
-EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
+# run_check's parameters whose flag is not "--" + the name.
+FLAGS = {"out_dir": "--out", "subspace_size": "--feature-subspace", "agents": "--agent"}
 
 
 def print_summary(report: dict, out: str) -> None:

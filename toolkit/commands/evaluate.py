@@ -37,10 +37,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import atomic
     from ..data import load_identity_folders, load_pairs, make_pairs, save_pairs
-    from ..modelfile import check_model_file, load_face_model
+    from ..modelfile import load_face_model, validate_model_file
 
     # Inputs and outputs are checked before TensorFlow loads and the work starts.
-    check_model_file(args.model)
+    validate_model_file(args.model)
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data {args.data} is not a folder: pass a folder of identity folders")
     if args.pairs and not Path(args.pairs).is_file():
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     for flag, path in (("--out", args.out), ("--roc", args.roc), ("--save-pairs", args.save_pairs)):
         if path:
-            atomic.check_output_file(path, flag, args.force)
+            atomic.validate_output_file(path, flag, args.force)
     from ..evaluate import evaluate_model, format_table
 
     model, meta = load_face_model(args.model)

@@ -8,7 +8,7 @@ import sys
 
 from device.console import non_negative_int, positive_int
 
-from . import writes_folder
+from . import flags, writes_folder
 
 DEFAULT_VARIANTS = "float32,int8"
 
@@ -80,9 +80,9 @@ def recipes_from_args(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> int:
     from device.manifest import load_manifest, manifest_path_for
 
-    from ..modelfile import check_model_file
+    from ..modelfile import validate_model_file
 
-    check_model_file(args.model)  # a wrong file is named before TensorFlow loads
+    validate_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
     from device.bench import latency_ms
 
@@ -98,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
         calibration = load_identity_folders(calibration, image_size=size, align=True,
                                             progress=not args.json).images
     try:
-        files = export_model(args.model, args.out, variants=recipes, calibration=calibration,
-                             progress=not args.json)
+        with flags({"out_dir": "--out"}):
+            files = export_model(args.model, args.out, variants=recipes, calibration=calibration,
+                                 progress=not args.json)
     except ExportVerificationError as exc:
         # Not a verdict (exit 1 is the check's): the export could not be made, so nothing was written.
         print(f"faceprobe export: error: {exc}", file=sys.stderr)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     # Checked before the port is built: a refused command does no work and writes nothing.
     if not args.out.endswith(".keras"):
         raise ValueError(f"--out {args.out} must end in .keras")
-    atomic.check_output_file(args.out, "--out", args.force)
+    atomic.validate_output_file(args.out, "--out", args.force)
 
     if args.source == "dlib":
         from ..zoo.dlib_resnet import dlib_resnet

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 from device.console import non_negative_float, non_negative_int, positive_float, positive_int
 
-from . import agent_trust, agent_trust_options, writes_folder
+from . import agent_trust, agent_trust_options, flags, writes_folder
 
 
 def _ints(text: str) -> list[int]:
@@ -97,31 +97,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _invariance(args, model, size: int) -> dict:
-    from ..data import load_identity_folders, normalize
-    from ..probe.invariance import invariance_finding, stage_invariance
-    from ..training.config import parse_identities
-
-    if not args.data:
-        raise ValueError("--invariance needs --data DIR, a dataset of identity folders (several photos each)")
-    fs = load_identity_folders(args.data, image_size=size, align=args.align, progress=not args.json)
-    if args.identities:
-        fs = fs.select(parse_identities(args.identities))
-    settings = {"per_tap": args.per_stage, "rule": args.channel_rule, "steps": args.steps,
-                "step_size": args.step_size, "step_rule": args.step_rule,
-                "objective": {"kind": args.objective, "position": args.position}}
-    out = {"source": args.source, "data": str(args.data), "identities": len(fs.names), "images": len(fs)}
-    if args.seeds:
-        finding = invariance_finding(model, normalize(fs.images), fs.labels, source=args.source,
-                                     seeds=tuple(range(1, args.seeds + 1)), grid=args.grid, **settings)
-        return {"stages": finding["trained"], "controls": finding["controls"], "ci": finding["ci"],
-                "effect": finding["effect"], "verdict": finding["verdict"], "detail": finding["detail"],
-                "finding": finding, "grid": finding["grid"], **out}
-    detail = stage_invariance(model, normalize(fs.images), fs.labels, source=args.source, grid=args.grid,
-                              **settings)
-    return {"stages": {s: v["index"] for s, v in detail.items()}, "detail": detail, **out}
-
-
 def _invariance_table(inv: dict) -> str:
     """One line per stage: the index, and with controls each control, the effect, its interval, verdict."""
     if "controls" not in inv:
@@ -137,125 +112,58 @@ def _invariance_table(inv: dict) -> str:
     return "\n".join(lines)
 
 
-def _plan(args, model, size: int):
-    from device.plan import ProbePlan
-
-    from ..data import normalize
-    from ..probe.images import load_start_images
-    from ..probe.plans import make_plan
-
-    if args.plan:
-        return ProbePlan.load(args.plan), f"plan {args.plan}", "from the plan"
-    images, origin = load_start_images(args.images or [], size, args.n_images, args.person, not args.json,
-                                       align=args.align)
-    settings = {"steps": args.steps, "step_size": args.step_size, "step_rule": args.step_rule,
-                "objective": {"kind": args.objective, "position": args.position},
-                "options": {"clip": args.clip, "jitter": args.jitter, "l2_decay": args.l2_decay,
-                            "blur": args.blur},
-                "subspace": args.subspace}
-    plan = make_plan(model, normalize(images), taps=args.taps, channels=args.channels, per_tap=args.per_stage,
-                     rule=args.channel_rule, **settings)
-    rule = ("explicit --channels" if args.channels else
-            f"{args.per_stage} per tap by rule '{args.channel_rule}' on the start images")
-    return plan, origin, rule
-
-
-def _boards(args, plan, host_result) -> dict:
-    """Run ``plan`` on every agent, save each board's result under OUT/boards/, compare with the host."""
-    import os
-    import re
-
-    import numpy as np
-
+def options_from_args(args: argparse.Namespace):
+    """The ProbeOptions the flags say."""
     from device.cli import TOKEN_ENV
 
-    from ..probe.compare import compare_ascents
-    from ..remote import probe_remote
+    from ..probe.run import ProbeOptions
 
-    results = probe_remote(args.agent, args.tflite, plan, token=args.token or os.environ.get(TOKEN_ENV),
-                           trust=agent_trust(args))
-    out = {}
-    for url, board in results.items():
-        folder = Path(args.out) / "boards" / re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://")[-1])
-        board.save(folder)
-        rows = compare_ascents(plan, host_result, board)
-        out[url] = {"result": str(folder), "runtime": board.meta.get("runtime"),
-                    "gradient_cosine": float(np.mean([r["gradient_cosine"] for r in rows])),
-                    "change_correlation": float(np.mean([r["change_correlation"] for r in rows]))}
-    return out
+    return ProbeOptions(
+        images=args.images or (), person=args.person, n_images=args.n_images, align=args.align,
+        taps=args.taps, channels=args.channels, per_tap=args.per_stage, channel_rule=args.channel_rule,
+        steps=args.steps, step_size=args.step_size, step_rule=args.step_rule, objective=args.objective,
+        position=args.position,
+        subspace=args.subspace, clip=args.clip, jitter=args.jitter, l2_decay=args.l2_decay, blur=args.blur,
+        seeds=args.seeds, data=args.data, identities=args.identities, source=args.source, grid=args.grid,
+        agents=args.agent or (), tflite=args.tflite, token=args.token or os.environ.get(TOKEN_ENV),
+        trust=agent_trust(args))
+
+
+# run_probe's parameters whose flag is not "--" + the name.
+FLAGS = {"per_tap": "--per-stage", "agents": "--agent", "out_dir": "--out"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..modelfile import load_face_model
+    from ..probe.run import run_invariance, run_probe
 
     if not args.invariance and not args.out:
         raise ValueError("--out DIR is required (where the plan, result, pictures and report go)")
-    if args.position is not None and len(args.position) != 2:
-        raise ValueError(f"--position must be ROW,COL, got {args.position}")
-    if args.seeds < 0 or (args.grid is not None and args.grid < 1):
-        raise ValueError("--seeds must be >= 0 and --grid >= 1")
-    model, _ = load_face_model(args.model)
-    size = int(model.input_shape[1])
-    if args.invariance:
-        inv = _invariance(args, model, size)
-        if args.out:
-            from ..atomic import write_json
-
-            write_json(Path(args.out) / "invariance.json", inv)
-        print(json.dumps(inv, indent=2) if args.json else _invariance_table(inv))
-        return 0
-
-    from ..probe.ascent import run_plan
-    from ..probe.outputs import write_outputs
-
-    plan, origin, rule = _plan(args, model, size)
-    if args.agent and (not args.tflite or plan.subspace["kind"] == "full"):
-        raise ValueError("--agent needs --tflite PROBE.tflite (pushed to the boards) and a declared "
-                         "subspace such as --subspace dct:4: a board estimates the gradient by finite "
-                         "differences, which reach only a small subspace of the image")
-    if args.save_plan:
-        plan.save(args.save_plan)
-    result = run_plan(model, plan, progress=not args.json)
-    extra = {"images": origin, "channel_rule": rule}
-    if args.seeds and not args.plan:
-        from ..probe.findings import frequency_finding
-
-        extra["findings"] = frequency_finding(model, plan.images, seeds=tuple(range(1, args.seeds + 1)),
-                                              per_tap=args.per_stage, rule=args.channel_rule,
-                                              steps=args.steps, step_size=args.step_size,
-                                              step_rule=args.step_rule, objective=plan.objective)
-    if args.data:
-        inv = _invariance(args, model, size)
-        extra.update(invariance=inv["detail"], invariance_source=f"{inv['source']} on {inv['data']}")
-        if "finding" in inv:
-            extra.setdefault("findings", {})["invariance"] = inv["finding"]
-    findings = write_outputs(model, plan, result, args.out, **extra)
-    summary = {"out": str(args.out), "report": findings["report"],
-               "seconds": result.meta["runtime"]["seconds"], "targets": len(plan.targets),
-               "images": len(plan.images), "stages": findings["stages"]}
-    if "findings" in findings:
-        summary["findings"] = {k: {f: v[f] for f in ("trained", "controls", "effect", "ci", "verdict")}
-                               for k, v in findings["findings"].items()}
-    if "invariance" in findings:
-        summary["invariance"] = {s: v["index"] for s, v in findings["invariance"].items()}
-    if args.agent:
-        summary["boards"] = _boards(args, plan, result)
+    if args.invariance and not args.data:
+        raise ValueError("--invariance needs --data DIR, a dataset of identity folders (several photos each)")
+    with flags(FLAGS):
+        options = options_from_args(args)
+        if args.invariance:
+            inv = run_invariance(args.model, args.out, options, progress=not args.json)
+            print(json.dumps(inv, indent=2) if args.json else _invariance_table(inv))
+            return 0
+        summary = run_probe(args.model, args.out, plan=args.plan, options=options, progress=not args.json,
+                            save_plan=args.save_plan)
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        for stage, row in findings["stages"].items():
-            print(f"{stage:>6} {', '.join(row['taps'])}: objective {row['objective_start']:.3g} -> "
-                  f"{row['objective_final']:.3g}, frequency centroid {row['frequency_centroid']:.3f}, "
-                  f"colour share {row['colour_share']:.3f}, final range [{row.get('range_min', 0):.2f}, "
-                  f"{row.get('range_max', 0):.2f}]")
-        for name, f in summary.get("findings", {}).items():
-            for stage, value in f["trained"].items():
-                lo, hi = f["ci"][stage]
-                untrained = f["controls"]["untrained"][stage]
-                print(f"{name:>10} {stage:>6}: {value:.3f} vs untrained {untrained:.3f}, "
-                      f"effect {f['effect'][stage]:+.3f} [{lo:+.3f}, {hi:+.3f}]: {f['verdict'][stage]}")
-        for url, board in summary.get("boards", {}).items():
-            print(f"board {url}: gradient cosine vs host {board['gradient_cosine']:.4f}, change correlation "
-                  f"{board['change_correlation']:.4f} ({board['result']})")
-        print(f"report: {findings['report']}", file=sys.stderr)
+        return 0
+    for stage, row in summary["stages"].items():
+        print(f"{stage:>6} {', '.join(row['taps'])}: objective {row['objective_start']:.3g} -> "
+              f"{row['objective_final']:.3g}, frequency centroid {row['frequency_centroid']:.3f}, "
+              f"colour share {row['colour_share']:.3f}, final range [{row.get('range_min', 0):.2f}, "
+              f"{row.get('range_max', 0):.2f}]")
+    for name, f in summary.get("findings", {}).items():
+        for stage, value in f["trained"].items():
+            lo, hi = f["ci"][stage]
+            untrained = f["controls"]["untrained"][stage]
+            print(f"{name:>10} {stage:>6}: {value:.3f} vs untrained {untrained:.3f}, "
+                  f"effect {f['effect'][stage]:+.3f} [{lo:+.3f}, {hi:+.3f}]: {f['verdict'][stage]}")
+    for url, board in summary.get("boards", {}).items():
+        print(f"board {url}: gradient cosine vs host {board['gradient_cosine']:.4f}, change correlation "
+              f"{board['change_correlation']:.4f} ({board['result']})")
+    print(f"report: {summary['report']}", file=sys.stderr)
     return 0

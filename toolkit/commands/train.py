@@ -55,7 +55,7 @@ RUN_ENTRIES = {"config.json", "checkpoints", "logs", "data", "history.json", "tr
 def resolve_config(args: argparse.Namespace):
     """The run's TrainConfig: the recipe with the flags and --set applied, or, with --resume, the settings
     saved in the run's config.json (a flag or recipe value that differs from them is an error)."""
-    from ..train import load_recipe
+    from ..train import load_train_config
     from ..training.config import TrainConfig, parse_set
 
     sets = parse_set(args.set)
@@ -67,7 +67,7 @@ def resolve_config(args: argparse.Namespace):
         if not args.recipe:
             raise ValueError("--recipe RECIPE is required to start a run (e.g. models/tiny-synth.toml); "
                              "add --resume to continue the run in --out instead")
-        return load_recipe(args.recipe).with_overrides(**given, **sets)
+        return load_train_config(args.recipe).with_overrides(**given, **sets)
     saved_path = Path(args.out) / "config.json"
     if not saved_path.is_file():
         raise ValueError(f"--resume: {args.out} holds no run to continue (no config.json); start one with "
@@ -79,7 +79,7 @@ def resolve_config(args: argparse.Namespace):
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{saved_path} is not a faceprobe run configuration ({exc})") from None
     if args.recipe:
-        recipe = load_recipe(args.recipe).to_dict()
+        recipe = load_train_config(args.recipe).to_dict()
         given = {**{k: v for k, v in recipe.items() if k not in ("description", "extra")}, **given}
     given.update(sets)
     saved = config.to_dict()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .faceset import FaceSet, natural_key
 from .folders import load_identity_folders
+from .identities import parse_identities
 from .normalize import DEFAULT_NORMALIZATION, denormalize, normalize, valid_range
 from .pairs import Pairs, load_pairs, make_pairs, save_pairs
 from .splits import split_by_identity, split_by_image
@@ -22,5 +23,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["DEFAULT_NORMALIZATION", "FaceSet", "Pairs", "denormalize", "load_identity_folders", "load_pairs",
-           "make_dataset", "make_pairs", "natural_key", "normalize", "pixel_linear_accuracy", "save_pairs",
-           "split_by_identity", "split_by_image", "synthesize", "valid_range"]
+           "make_dataset", "make_pairs", "natural_key", "normalize", "parse_identities",
+           "pixel_linear_accuracy", "save_pairs", "split_by_identity", "split_by_image", "synthesize",
+           "valid_range"]

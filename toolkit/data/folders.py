@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from .align import align_face, aligner
 from .crop import crop_face, face_detector, resize_square
 from .decode import UnreadableImage, read_image
 from .faceset import FaceSet, natural_key
+from .identities import parse_identities
 
 # How many skipped paths a warning lists before summarising the rest (all are kept in FaceSet.skipped).
 _LISTED = 10
@@ -34,7 +36,8 @@ def _identity_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = False,
-                          min_identities: int = 2, progress: bool = True, align: bool = False) -> FaceSet:
+                          min_identities: int = 2, progress: bool = True, align: bool = False,
+                          identities: str | Sequence[str] | None = None) -> FaceSet:
     """Load ``root/<identity>/<image>`` into a FaceSet of ``image_size`` square RGB images.
 
     Files directly under ``root`` and hidden entries are not part of any identity and are ignored. Every
@@ -43,7 +46,8 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
     ``crop=True`` crops around the largest detected face (centre crop when none is found); otherwise the
     whole image is resized, as for datasets of face crops. ``align=True`` makes dlib's aligned chip of the
     largest face (see `align`); images without a face are loaded as ``crop`` says and listed in
-    ``crop_fallbacks``.
+    ``crop_fallbacks``. ``identities``: only these people (a selection such as "s31-s40", or a list of
+    names); the other folders are not read.
     """
     root = Path(root)
     if not root.exists():
@@ -59,6 +63,15 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
         aligner()
     folders = sorted((p for p in root.iterdir() if p.is_dir() and _visible(p)),
                      key=lambda p: natural_key(p.name))
+    wanted = None
+    if identities is not None:
+        wanted = parse_identities(identities)
+        unknown = sorted(set(wanted) - {f.name for f in folders}, key=natural_key)
+        if unknown:
+            shown = ", ".join(f.name for f in folders[:5]) + (", ..." if len(folders) > 5 else "")
+            raise ValueError(f"unknown identities {unknown}; {root} has {len(folders)} identities ({shown})")
+        folders = [f for f in folders if f.name in set(wanted)]
+        min_identities = min(min_identities, len(set(wanted)))
 
     skipped: list[tuple[str, str]] = []
     jobs: list[tuple[str, Path]] = []
@@ -96,7 +109,7 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
             f"({len(folders)} sub-folders, {len(skipped)} unreadable files, {len(empty)} empty identities); "
             "put each person's images in their own sub-folder of it")
     index = {n: i for i, n in enumerate(names)}
-    return FaceSet(
+    faces = FaceSet(
         images=np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8),
         labels=np.array([index[n] for n in names_per_image], np.int64),
         names=names,
@@ -106,6 +119,7 @@ def load_identity_folders(root: str | Path, image_size: int = 112, crop: bool = 
         source_sizes=np.array(sizes, np.int64).reshape(-1, 2),
         crop_fallbacks=fallbacks,
     )
+    return faces if wanted is None else faces.select(wanted)  # names an identity left without images
 
 
 def _warn_thin(root: Path, image_size: int, names_per_image: list[str], paths: list[str],

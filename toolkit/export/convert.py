@@ -17,12 +17,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import convert as tflite_convert
 
+from ..params import ParameterError
 from ..zoo import get_tap, tap_key, tap_layer_name
 from .ranges import percentile_ranges
 from .recipe import VARIANTS, Recipe, as_recipe
 
 
-def check_recipes(items: Sequence[str | Recipe]) -> list[Recipe]:
+def validate_recipes(items: Sequence[str | Recipe]) -> list[Recipe]:
     """Recipes (a bare variant name is its default recipe), one per variant, in the given order."""
     out: dict[str, Recipe] = {}
     for item in items:
@@ -114,8 +115,8 @@ def convert(
             converter.target_spec.supported_types = [tf.float16]
         return converter.convert(), options
     if calibration is None or len(calibration) == 0:
-        raise ValueError(f"{variant} needs calibration images: pass a folder of training faces "
-                         "(--calibration DIR)")
+        raise ParameterError("calibration", f"{variant} needs calibration images: pass a folder of training "
+                                            "faces ({name})")
     options.update(calibration_images=int(len(calibration)), range_rule=recipe.calibration.range_rule,
                    per_channel=recipe.per_channel)
     if variant == "int16x8":

@@ -18,9 +18,10 @@ from device.manifest import MANIFEST_SCHEMA, load_manifest, manifest_path_for, s
 from .. import atomic
 from ..data.normalize import normalize, valid_range
 from ..modelfile import load_face_model
+from ..params import ParameterError
 from ..zoo import get_tap, list_taps, tap_key, tap_model
 from .calibration import calibration_sample
-from .convert import check_recipes, convert, export_saved_model, keep_float_denylist
+from .convert import convert, export_saved_model, keep_float_denylist, validate_recipes
 from .graph import describe_io, float_tensor_names, integer_ops, xnnpack_int8_taps
 from .provenance import source_entry
 from .recipe import Recipe
@@ -66,12 +67,8 @@ def calibration_faces(recipe: Recipe, size: int, supplied: np.ndarray | str | os
             if not Path(source).is_dir():
                 raise FileNotFoundError(f"no calibration folder at {source}: pass a folder of identity "
                                         "folders of training faces")
-            faces = load_identity_folders(source, image_size=size, progress=False)
-            if cal.identities:
-                from ..training.config import parse_identities
-
-                faces = faces.select(parse_identities(cal.identities))
-            loaded[key] = faces.images
+            loaded[key] = load_identity_folders(source, image_size=size, progress=False,
+                                                identities=cal.identities).images
         source = loaded[key]
     return calibration_sample(source, size, cal.count, cal.seed)
 
@@ -86,7 +83,7 @@ def export_keras(
     progress: bool = False,
 ) -> dict[str, dict[str, Path]]:
     """`export_model` for an in-memory model and its metadata (as `load_face_model` returns them)."""
-    recipes = check_recipes(variants)
+    recipes = validate_recipes(variants)
     for recipe in recipes:
         for tap in recipe.precision:
             try:
@@ -101,8 +98,8 @@ def export_keras(
         if recipe.calibrated:
             sample = calibration_faces(recipe, size, calibration, loaded)
             if sample is None:
-                raise ValueError(f"{recipe.variant} needs calibration images: pass --calibration DIR (a "
-                                 "folder of identity folders of training faces)")
+                raise ParameterError("calibration", f"{recipe.variant} needs calibration images: pass "
+                                                    "{name} (a folder of identity folders of training faces)")
             samples[recipe.variant] = normalize(sample, norm)
     first = next(iter(samples.values()), None)
     images = first[:VERIFY_IMAGES] if first is not None else _noise_images(model, norm, 0)
@@ -113,7 +110,7 @@ def export_keras(
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; name a folder (it is created if missing)")
+        raise ParameterError("out_dir", f"{{name}} {out} is a file; name a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:

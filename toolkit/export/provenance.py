@@ -34,7 +34,7 @@ def source_entry(model: keras.Model, path: Path | None) -> dict:
             "weights_sha256": weights_sha256(model)}
 
 
-def check_source(manifest: dict, model: keras.Model, model_path: str | os.PathLike, what: str) -> None:
+def validate_source(manifest: dict, model: keras.Model, model_path: str | os.PathLike, what: str) -> None:
     """Raise ProvenanceError unless ``manifest`` (of the file ``what``) was exported from ``model``."""
     source = manifest.get("source") or {}
     if source.get("weights_sha256"):

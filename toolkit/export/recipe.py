@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from device.fields import is_int, is_number, require
+
 from .. import atomic
 
 RECIPE_SCHEMA = "faceprobe.recipe/1"
@@ -58,20 +60,17 @@ class Calibration:
     percentile: float = 99.99
 
     def __post_init__(self) -> None:
-        if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
-            raise RecipeError(f"calibration.count must be an integer >= 1, got {self.count!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise RecipeError(f"calibration.seed must be an integer, got {self.seed!r}")
-        if self.range_rule not in RANGE_RULES:
-            raise RecipeError(f"calibration.range_rule must be one of {', '.join(RANGE_RULES)}, "
-                              f"got {self.range_rule!r}")
-        if not isinstance(self.percentile, int | float) or not 50.0 < float(self.percentile) <= 100.0:
-            raise RecipeError(f"calibration.percentile must be a number in (50, 100], "
-                              f"got {self.percentile!r}")
+        require(is_int(self.count) and self.count >= 1, "calibration.count", "an integer >= 1", self.count,
+                RecipeError)
+        require(is_int(self.seed), "calibration.seed", "an integer", self.seed, RecipeError)
+        require(self.range_rule in RANGE_RULES, "calibration.range_rule",
+                f"one of {', '.join(RANGE_RULES)}", self.range_rule, RecipeError)
+        require(is_number(self.percentile) and 50.0 < float(self.percentile) <= 100.0,
+                "calibration.percentile", "a number in (50, 100]", self.percentile, RecipeError)
         for key in ("images", "identities"):
             value = getattr(self, key)
-            if value is not None and not isinstance(value, str):
-                raise RecipeError(f"calibration.{key} must be a string, got {value!r}")
+            require(value is None or isinstance(value, str), f"calibration.{key}", "a string", value,
+                    RecipeError)
 
 
 @dataclass(frozen=True)
@@ -86,10 +85,10 @@ class Recipe:
     float_ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise RecipeError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if not isinstance(self.precision, dict):
-            raise RecipeError(f"precision must be a table of tap = precision, got {self.precision!r}")
+        require(self.variant in VARIANTS, "variant", f"one of {', '.join(VARIANTS)}", self.variant,
+                RecipeError)
+        require(isinstance(self.precision, dict), "precision", "a table of tap = precision", self.precision,
+                RecipeError)
         for tap, p in self.precision.items():
             if p not in PRECISIONS:
                 raise RecipeError(f"precision.{tap!r} must be one of {', '.join(PRECISIONS)}, got {p!r}")
@@ -103,18 +102,17 @@ class Recipe:
             if p != "float32" and p != self.variant:
                 raise RecipeError(f"precision.{tap!r} = {p!r}: an int8 file keeps blocks in int8 or float32 "
                                   "(the converter quantizes every integer block to one activation type)")
-        if not isinstance(self.int8_io, bool):
-            raise RecipeError(f"int8_io must be true or false, got {self.int8_io!r}")
+        require(isinstance(self.int8_io, bool), "int8_io", "true or false", self.int8_io, RecipeError)
         if self.int8_io and self.variant != "int8":
             raise RecipeError(f"int8_io applies to the int8 variant, not {self.variant}")
-        if not isinstance(self.per_channel, bool):
-            raise RecipeError(f"per_channel must be true or false, got {self.per_channel!r}")
+        require(isinstance(self.per_channel, bool), "per_channel", "true or false", self.per_channel,
+                RecipeError)
         if not self.per_channel and not self.calibrated:
             raise RecipeError(f"per_channel = false applies to the int8 and int16x8 variants, "
                               f"not {self.variant}")
         ops = self.float_ops
-        if not isinstance(ops, tuple | list) or not all(isinstance(o, str) for o in ops):
-            raise RecipeError(f"float_ops must be a list of op names, got {self.float_ops!r}")
+        require(isinstance(ops, tuple | list) and all(isinstance(o, str) for o in ops), "float_ops",
+                "a list of op names", ops, RecipeError)
         object.__setattr__(self, "float_ops", tuple(self.float_ops))
         for op in self.float_ops:
             if op not in FLOAT_OPS:

@@ -1,5 +1,5 @@
 """The gradient-ascent probe: plans, batched autodiff ascent, channel choice and the three findings with
-their controls.
+their controls; ``run_probe`` puts them together (as ``toolkit.check.run_check`` does for the check).
 
 Heavy (TensorFlow) submodules load on first use, so importing ``toolkit.probe`` stays cheap.
 """
@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from device.plan import PLAN_SCHEMA, RESULT_SCHEMA, ProbePlan, ProbeResult
 
-__all__ = ["PLAN_SCHEMA", "RESULT_SCHEMA", "ProbePlan", "ProbeResult", "make_plan", "run_plan"]
+__all__ = ["PLAN_SCHEMA", "RESULT_SCHEMA", "ProbeOptions", "ProbePlan", "ProbeResult", "make_plan",
+           "run_invariance", "run_plan", "run_probe"]
+
+
+def __getattr__(name: str):
+    if name in ("ProbeOptions", "run_probe", "run_invariance"):
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_plan(model, plan: ProbePlan, progress: bool = True) -> ProbeResult:

