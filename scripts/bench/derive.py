@@ -159,11 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         print(f"no face data at {data}: pass --data ../shared/data/att_faces", file=sys.stderr)
         return 2
-    from toolkit.data import load_identity_folders, make_pairs
+    from toolkit.data import load_identity_folders, make_pairs, parse_identities
     from toolkit.derive import DeriveConfig, load_derive_config
     from toolkit.derive.prune import model_size
     from toolkit.modelfile import load_face_model, save_face_model
-    from toolkit.training.config import parse_identities
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     tmp = tempfile.TemporaryDirectory()

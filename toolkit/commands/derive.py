@@ -161,9 +161,9 @@ def _dry_run(args: argparse.Namespace, cfg) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import parse_identities
     from ..derive import derive
     from ..derive.run import RUN_ENTRIES
-    from ..training.config import parse_identities
 
     if args.resume:
         from ..derive import DeriveConfig
