@@ -113,18 +113,18 @@ def _config(args: argparse.Namespace):
 
 
 def _dry_run(args: argparse.Namespace, cfg) -> int:
-    from ..data import load_identity_folders, normalize, synthesize
-    from ..derive.graph import analyse
-    from ..derive.prune import channel_importance, model_size, prune_by_fractions, prune_to_budget
+    from ..data import load_identity_folders, parse_identities, synthesize
+    from ..derive.prune import model_size
+    from ..derive.run import plan_pruning
     from ..modelfile import load_face_model
 
     teacher, meta = load_face_model(args.teacher)
     size = int(teacher.input_shape[1])
     if args.data:
-        faces = load_identity_folders(
-            args.data, image_size=size, align=args.align, crop=args.crop, progress=False
-        )
-        images = faces.images
+        images = load_identity_folders(
+            args.data, image_size=size, align=args.align, crop=args.crop, progress=False,
+            identities=parse_identities(args.identities) if args.identities else None,
+        ).images
     else:
         import tempfile
 
@@ -133,13 +133,7 @@ def _dry_run(args: argparse.Namespace, cfg) -> int:
                 synthesize(tmp, identities=8, images_per_identity=4, size=size, progress=False),
                 image_size=size,
             ).images
-    graph = analyse(teacher)
-    scores = channel_importance(teacher, graph, normalize(images[:256], meta["normalization"]))
-    pruning = (
-        prune_by_fractions(graph, scores, list(cfg.keep))
-        if cfg.keep is not None
-        else prune_to_budget(graph, scores, cfg.params, cfg.macs, cfg.cost_power, cfg.stream_cap)
-    )
+    graph, pruning = plan_pruning(teacher, images, meta["normalization"], cfg)
     t_params, t_macs = model_size(teacher)
     result = {
         "teacher_params": t_params,
@@ -165,10 +159,10 @@ def run(args: argparse.Namespace) -> int:
     from ..derive import derive
     from ..derive.run import RUN_ENTRIES
 
+    cfg = None  # a resumed run keeps the settings it started with
+    if args.resume and args.dry_run:
+        raise ValueError("--dry-run shows a new pruning; drop --resume")
     if args.resume:
-        from ..derive import DeriveConfig
-
-        cfg = DeriveConfig()
         if any(v is not None for v in (args.recipe, args.params, args.macs, args.keep, args.size)):
             raise ValueError(
                 "--resume continues the run with the settings it started with; drop --recipe, "
@@ -192,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     result = derive(
         args.teacher,
         out,
-        None if args.resume else cfg,
+        cfg,
         data=args.data,
         identities=parse_identities(args.identities) if args.identities else None,
         align=args.align,

@@ -3,7 +3,6 @@ the kept weights copied."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -330,26 +329,3 @@ def kept_channels(graph: Graph, pruning: Pruning) -> dict[str, list[int]]:
         if isinstance(c.op, (layers.Conv2D, layers.Dense)) and not isinstance(c.op, layers.DepthwiseConv2D):
             out[c.op.name] = positions(graph, c.outputs[0], pruning.kept).tolist()
     return out
-
-
-def prune(
-    model: keras.Model,
-    images: np.ndarray,
-    params: int | None = None,
-    macs: int | None = None,
-    keep: list[float] | None = None,
-    log: Callable[[str], None] = lambda s: None,
-) -> tuple[keras.Model, Pruning, Graph]:
-    """Prune ``model`` to a budget (``params``/``macs``) or by ``keep`` fractions, importance measured on
-    ``images`` (normalised faces at the model's input size)."""
-    if (keep is None) == (params is None and macs is None):
-        raise ValueError("give a budget (params and/or macs) or keep fractions, not both")
-    graph = analyse(model)
-    log(f"{len(graph.groups())} prunable channel groups")
-    scores = channel_importance(model, graph, images)
-    pruning = (
-        prune_by_fractions(graph, scores, keep)
-        if keep is not None
-        else prune_to_budget(graph, scores, params, macs)
-    )
-    return build_student(model, graph, pruning.kept), pruning, graph

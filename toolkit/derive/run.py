@@ -92,8 +92,8 @@ def _training_faces(run_dir: Path, src: _Source, size: int, progress: bool):
         return _synthetic(run_dir, 200, src.cfg.seed, size, progress), None
     from ..data import load_identity_folders
 
-    fs = load_identity_folders(src.data, image_size=size, align=src.align, crop=src.crop, progress=progress)
-    fs = fs.select(src.identities) if src.identities else fs
+    fs = load_identity_folders(src.data, image_size=size, align=src.align, crop=src.crop, progress=progress,
+                               identities=src.identities)
     if len(fs.names) < 2:
         raise ValueError(f"{src.data}: derive needs faces of at least 2 people, found {len(fs.names)}")
     held = fs.names[-src.cfg.holdout:] if 0 < src.cfg.holdout < len(fs.names) else []
@@ -113,28 +113,37 @@ def tap_positions(graph, pruning) -> dict[str, list[int]]:
             if isinstance(c.op, TapPoint)}
 
 
-def _prune(teacher, norm: dict, pool: np.ndarray, cfg: DeriveConfig):
-    """(the pruned student, hint tap -> kept channels, the pruning summary)."""
+def plan_pruning(teacher, faces: np.ndarray, norm: dict, cfg: DeriveConfig):
+    """(the teacher's dependency graph, the channels ``cfg`` keeps), importance measured on up to 256 of
+    the uint8 ``faces``."""
     from ..data import normalize
-    from .distill import hint_taps
     from .graph import analyse
-    from .prune import (
-        build_student,
-        channel_importance,
-        kept_channels,
-        model_size,
-        prune_by_fractions,
-        prune_to_budget,
-    )
+    from .prune import channel_importance, prune_by_fractions, prune_to_budget
 
     graph = analyse(teacher)
     rng = np.random.default_rng(cfg.seed)
-    sample = pool[rng.choice(len(pool), size=min(len(pool), 256), replace=False)]
+    sample = faces[rng.choice(len(faces), size=min(len(faces), 256), replace=False)]
     scores = channel_importance(teacher, graph, normalize(sample, norm))
     pruning = (prune_by_fractions(graph, scores, list(cfg.keep)) if cfg.keep is not None
                else prune_to_budget(graph, scores, cfg.params, cfg.macs, cfg.cost_power, cfg.stream_cap))
+    return graph, pruning
+
+
+def _prune(teacher, norm: dict, pool: np.ndarray, cfg: DeriveConfig):
+    """(the pruned student, hint tap -> kept channels, the pruning summary)."""
+    from .distill import hint_taps
+    from .prune import build_student, kept_channels, model_size
+
+    graph, pruning = plan_pruning(teacher, pool, norm, cfg)
     shape = (cfg.size, cfg.size, int(teacher.input_shape[-1])) if cfg.size else None
-    student = build_student(teacher, graph, pruning.kept, name=f"{teacher.name}_derived", input_shape=shape)
+    try:
+        student = build_student(teacher, graph, pruning.kept, name=f"{teacher.name}_derived",
+                                input_shape=shape)
+    except ValueError as exc:  # a layer of the teacher cannot take that size
+        if not shape:
+            raise
+        raise ValueError(f"size {cfg.size} px does not fit {teacher.name} ({str(exc).splitlines()[0]}); "
+                         f"give a size nearer its own {teacher.input_shape[1]} px") from None
     (t_params, t_macs), (s_params, s_macs) = model_size(teacher), model_size(student)
     wanted = set(hint_taps(teacher))
     hints = {n: p for n, p in tap_positions(graph, pruning).items() if n in wanted}
