@@ -7,7 +7,9 @@ otherwise) on faces of s1-s30, and evaluates on s31-s40, people never used to pr
 verification on 900 pairs, single pass (``verification_accuracy``) and with flips; the teacher on the same
 pairs; the mean cosine of the student's descriptor to the teacher's; the same two right after pruning
 (``before_finetune``); the int8 deploy file (calibrated on s1-s30) with its verification, size, batch-1
-speed-up over the teacher's int8 file timed side by side, and whether `faceprobe check` passes it. ``fast``
+speed-up over the teacher's int8 file timed side by side (and, as the control, over the teacher with the
+same exact stem rewrite as the student: ``speedup_vs_teacher_same_stem_int8_b1``), and whether
+`faceprobe check` passes it. ``fast``
 is a second operating point (the same recipe at a smaller input, ``--fast-size``). ``--out DIR`` keeps
 the runs (``DIR/model.keras`` is the student); running again with the same ``--out`` resumes them.
 """
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.data import load_identity_folders, make_pairs, parse_identities
     from toolkit.derive import DeriveConfig, load_derive_config
     from toolkit.derive.prune import model_size
+    from toolkit.derive.stem import shipped_stem
     from toolkit.modelfile import load_face_model, save_face_model
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.teacher:
         teacher_path, align = Path(args.teacher), False
-        t_model, _ = load_face_model(teacher_path)
+        t_model, t_meta = load_face_model(teacher_path)
         cfg = (
             load_derive_config(args.recipe)
             if args.recipe
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if not teacher_path.exists():
             t_model, origin = dlib_resnet()
             save_face_model(t_model, teacher_path, origin=origin)
-        t_model, _ = load_face_model(teacher_path)
+        t_model, t_meta = load_face_model(teacher_path)
         cfg = load_derive_config(args.recipe or ROOT / "models" / "dlib-compact.toml")
     size_t = int(t_model.input_shape[1])
     overrides = {"minutes": args.minutes, "seed": args.seed}
@@ -231,12 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         else out / "teacher-export" / "model.int8.tflite"
     )
     s_int8 = _int8(out / "model.keras", calib, out / "export", size_t)
+    # The control: the teacher with the same exact stem rewrite as the student, where the recipe has one.
+    t_stem = shipped_stem(t_model, cfg.stem)
+    if t_stem is not t_model:
+        save_face_model(t_stem, out / "teacher-stem.keras", normalization=t_meta["normalization"])
     files = [t_int8, s_int8] + (
-        [_int8(fast.model_path, calib, out / "fast-export", fast_size)] if fast else []
-    )
+        [_int8(out / "teacher-stem.keras", calib, out / "teacher-stem-export", size_t)]
+        if t_stem is not t_model else [t_int8]
+    ) + ([_int8(fast.model_path, calib, out / "fast-export", fast_size)] if fast else [])
     from device.bench import latency_ms  # each file on its own input size, timed round by round
 
-    t_ms, s_ms, *f_ms = latency_ms(files, 5 if args.quick else 200)
+    t_ms, s_ms, ts_ms, *f_ms = latency_ms(files, 5 if args.quick else 200)
     report = {
         "params": result.params,
         "macs": result.macs,
@@ -257,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             "verification_accuracy": _tflite_verification(s_int8, eval_fs.images, pairs),
             "size_bytes": int(Path(s_int8).stat().st_size),
             "speedup_vs_teacher_int8_b1": t_ms / s_ms,
+            "speedup_vs_teacher_same_stem_int8_b1": ts_ms / s_ms,
+            "latency_ms": {"teacher": t_ms, "teacher_same_stem": ts_ms, "student": s_ms},
             "check_passed": None
             if (args.quick or args.no_check)
             else _check(out / "model.keras", out / "check", args, align),
@@ -271,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 _embed(load_face_model(fast.model_path)[0], eval_fs.images), pairs
             ),
             "int8_speedup_vs_teacher_int8_b1": t_ms / f_ms[0],
+            "int8_speedup_vs_teacher_same_stem_int8_b1": ts_ms / f_ms[0],
             "train_minutes": fast.train_seconds / 60.0,
         },
         "pairs": int(len(pairs.issame)),

@@ -239,6 +239,8 @@ def derive(teacher_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Der
     from ..train import make_strategy
     from ..training.checkpoint import checkpoint_path, load_checkpoint
     from .distill import Distiller, run_epochs
+    from .prune import model_size
+    from .stem import shipped_stem
 
     run_dir, teacher_path = Path(out_dir), Path(teacher_path)
     teacher, teacher_meta = load_face_model(teacher_path)
@@ -288,9 +290,15 @@ def derive(teacher_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Der
                              on_step=(lambda: probe.on_train_batch_end(0)) if probe else None)
         if probe is not None:
             probe.on_train_end()
+    # The student ships with the stem its recipe asks for (the same function; what the int8 kernels run).
+    shipped = shipped_stem(student, cfg.stem)
+    if shipped is not student:
+        params, macs = model_size(shipped)
+        summary = {**summary, "params": int(params), "macs": int(macs), "stem": "space_to_depth"}
+        log(f"stem as space-to-depth: {params:,} parameters, {macs / 1e6:.0f} M MACs")
     origin = {"derived_from": teacher_meta.get("architecture", teacher.name), "teacher": str(teacher_path),
               "teacher_sha256": _sha256(teacher_path), "teacher_origin": teacher_meta.get("origin")}
-    model_path = save_face_model(student, run_dir / "model.keras", normalization=norm, origin=origin,
+    model_path = save_face_model(shipped, run_dir / "model.keras", normalization=norm, origin=origin,
                                  derive={"recipe": cfg.to_dict(), **summary, "epochs": len(history),
                                          "train_seconds": elapsed})
     atomic.write_json(run_dir / "history.json", history)

@@ -10,6 +10,7 @@ from .blocks import pooled_embedding
 from .dlib_layers import DlibAddPrev
 from .indexed_add import IndexedAdd
 from .mobilefacenet import mobilefacenet
+from .space_to_depth import SpaceToDepth
 from .taps import (
     STAGES,
     TapPoint,
@@ -42,5 +43,6 @@ def get_model(name: str, **options) -> keras.Model:
     return REGISTRY[name](**options)
 
 
-__all__ = ["STAGES", "DlibAddPrev", "IndexedAdd", "TapPoint", "TapSpec", "available_models", "get_model",
-           "get_tap", "list_taps", "pooled_embedding", "stage_taps", "tap_key", "tap_layer_name", "tap_model"]
+__all__ = ["STAGES", "DlibAddPrev", "IndexedAdd", "SpaceToDepth", "TapPoint", "TapSpec", "available_models",
+           "get_model", "get_tap", "list_taps", "pooled_embedding", "stage_taps", "tap_key", "tap_layer_name",
+           "tap_model"]
