@@ -84,8 +84,7 @@ class Distiller:
     def __post_init__(self):
         size_t, size_s = int(self.teacher.input_shape[1]), int(self.student.input_shape[1])
         self.resize = size_t != size_s
-        # Maps of another size cannot be held to the teacher's: a smaller student learns the embedding only.
-        self.hint_weight = 0.0 if self.resize else self.cfg.hint_weight
+        self.hint_weight = self.cfg.hint_weight
         names = list(self.hints) if self.hint_weight else []
         self.teacher_out = tap_model(self.teacher, names)
         with self.strategy.scope():
@@ -103,7 +102,8 @@ class Distiller:
         x = augment_faces(tf.cast(x, tf.float32), seed, self.cfg)
         xn = (x - self.normalization["mean"]) / self.normalization["scale"]
         t = self.teacher_out(xn, training=False)
-        xs = tf.image.resize(xn, (self.size, self.size)) if self.resize else xn
+        # Area-like (antialiased) resizing, as the faces are shrunk for evaluation and deployment.
+        xs = tf.image.resize(xn, (self.size, self.size), antialias=True) if self.resize else xn
         with tf.GradientTape() as tape:
             s = self.student_out(xs, training=True)
             cos = tf.reduce_sum(
@@ -120,6 +120,8 @@ class Distiller:
             for name in self.names:
                 k = tap_key(name)
                 target = tf.gather(t[k], self.hints[name], axis=-1)
+                if self.resize:  # a smaller student's maps are held to the teacher's, shrunk to their size
+                    target = tf.image.resize(target, tf.shape(s[k])[1:3], antialias=True)
                 err = tf.reduce_mean(tf.square(s[k] - target), axis=[1, 2, 3])
                 per_example += (
                     self.hint_weight * err / (tf.reduce_mean(tf.square(target)) + 1e-6) / len(self.names)
@@ -145,7 +147,7 @@ def embed_faces(model: keras.Model, faces: np.ndarray, normalization: dict) -> n
     for start in range(0, len(faces), 64):
         x = (faces[start : start + 64].astype(np.float32) - normalization["mean"]) / normalization["scale"]
         if x.shape[1] != size:
-            x = tf.image.resize(x, (size, size)).numpy()
+            x = tf.image.resize(x, (size, size), antialias=True).numpy()
         out.append(np.asarray(model(x, training=False), np.float64))
     e = np.concatenate(out)
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
