@@ -22,6 +22,7 @@ from toolkit.derive.prune import (
     prune_to_budget,
     size_of,
 )
+from toolkit.derive.reconstruct import reconstruct
 from toolkit.modelfile import load_face_model, save_face_model
 from toolkit.zoo import DlibAddPrev, IndexedAdd, get_model, list_taps
 
@@ -132,6 +133,35 @@ def test_a_pruned_channel_is_the_teacher_with_that_channel_silenced():
     np.testing.assert_allclose(np.asarray(student(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
 
 
+def _cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+@pytest.mark.parametrize("make", [residual_net, depthwise_concat_net, dlib_like_net])
+def test_least_squares_reconstruction_brings_a_pruned_student_back_towards_its_teacher(make):
+    model = make()
+    graph = analyse(model)
+    size = int(model.input_shape[1])
+    fit, unseen = _x(size, 48), _x(size, 16)
+    pruning = prune_by_fractions(graph, channel_importance(model, graph, fit), [0.5])
+    student = build_student(model, graph, pruning.kept)
+    before = _cosine(student(unseen), model(unseen))
+    fitted = reconstruct(graph, pruning.kept, student, fit)
+    assert fitted and all(f["error_after"] <= f["error_before"] + 1e-9 for f in fitted)
+    assert _cosine(student(unseen), model(unseen)) > before  # on inputs it was not fitted on
+
+
+def test_reconstructing_a_student_that_keeps_everything_leaves_the_teacher():
+    model = residual_net()
+    graph = analyse(model)
+    student = build_student(model, graph, _everything(graph))
+    fitted = reconstruct(graph, _everything(graph), student, _x(16, 32), ridge=1e-9)
+    assert max(f["error_after"] for f in fitted) < 1e-6
+    x = _x(16)
+    np.testing.assert_allclose(np.asarray(student(x)), np.asarray(model(x)), rtol=1e-3, atol=1e-3)
+
+
 def test_indexed_add_equals_dlibs_add_prev_when_nothing_is_pruned():
     a = RNG.normal(size=(2, 3, 3, 8)).astype(np.float32)
     b = RNG.normal(size=(2, 4, 4, 4)).astype(np.float32)
@@ -168,7 +198,8 @@ def tiny_teacher(tmp_path) -> Path:
 def test_derive_through_the_cli_on_synthetic_faces(tiny_teacher, tmp_path, capsys):
     out = tmp_path / "student"
     assert (
-        main(["derive", str(tiny_teacher), "--params", "20k", "--epochs", "2", "--out", str(out), "--json"])
+        main(["derive", str(tiny_teacher), "--params", "20k", "--epochs", "2", "--reconstruct",
+              "--out", str(out), "--json"])
         == 0
     )
     result = json.loads(capsys.readouterr().out)
@@ -178,6 +209,8 @@ def test_derive_through_the_cli_on_synthetic_faces(tiny_teacher, tmp_path, capsy
     assert [t["name"] for t in meta["taps"]] == [t.name for t in list_taps(load_face_model(tiny_teacher)[0])]
     assert result["epochs_completed"] == 2
     assert len(json.loads((out / "history.json").read_text())) == 2
+    fitted = json.loads((out / "derive.json").read_text())["pruning"]["reconstruction"]
+    assert fitted and all(f["error_after"] <= f["error_before"] + 1e-9 for f in fitted)
     assert any((out / "logs" / "derive").iterdir())  # TensorBoard
 
 

@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         result = _derive(teacher_path, out / "run", cfg, args, train_ids, align, log)
     fast = None
     if args.part in ("all", "fast") and fast_size:
-        fast_cfg = cfg.with_overrides(size=fast_size, minutes=None if args.quick else args.fast_minutes)
+        # Reconstruction fits the teacher's maps at its own size; a smaller student learns from scratch.
+        minutes = None if args.quick else args.fast_minutes
+        fast_cfg = cfg.with_overrides(size=fast_size, reconstruct=False, minutes=minutes)
         fast = _derive(teacher_path, out / "fast", fast_cfg, args, train_ids, align, log)
     if args.part != "all":
         return 0

@@ -62,6 +62,12 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--strategy", choices=("default", "mirrored", "multi-worker"), help="tf.distribute strategy"
     )
+    p.add_argument(
+        "--reconstruct",
+        action="store_true",
+        default=None,
+        help="refit each pruned layer by least squares to the teacher's outputs before distilling",
+    )
     p.add_argument("--align", action="store_true", help="align faces as dlib does (for dlib's network)")
     p.add_argument("--crop", action="store_true", help="detect and crop faces while loading")
     p.add_argument(
@@ -99,6 +105,7 @@ def _config(args: argparse.Namespace):
                 "epochs": args.epochs,
                 "minutes": args.minutes,
                 "strategy": args.strategy,
+                "reconstruct": args.reconstruct,
             }.items()
             if v is not None
         }

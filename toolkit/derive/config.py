@@ -26,6 +26,9 @@ class DeriveConfig:
     # SPACE_TO_DEPTH + a stride-1 conv; "auto" does so for kernels of at least twice the stride plus one
     # (dlib's 7x7/2: XNNPACK int8 1.48 -> 1.08 ms; MobileFaceNet's 3x3/2 gains nothing).
     stem: str = "auto"
+    # Refit every conv and dense layer of the pruned student by least squares to the teacher's outputs
+    # before distillation (pruned dlib-compact: cosine to dlib 0.77 -> 0.94 on unseen people).
+    reconstruct: bool = False
     # Distillation.
     epochs: int = 30
     steps_per_epoch: int = 100
@@ -86,6 +89,8 @@ def validate_derive_config(values: dict) -> DeriveConfig:
             raise ValueError(f"{key} must be a number >= 0, got {v[key]!r}")
     if "holdout" in v and (not isinstance(v["holdout"], int) or v["holdout"] < 0):
         raise ValueError(f"holdout must be a whole number of identities, got {v['holdout']!r}")
+    if not isinstance(v.get("reconstruct", False), bool):
+        raise ValueError(f"reconstruct must be true or false, got {v['reconstruct']!r}")
     if v.get("stem", "auto") not in STEMS:
         raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {v['stem']!r}")
     if v.get("strategy", "default") not in ("default", "mirrored", "multi-worker"):

@@ -113,17 +113,22 @@ def tap_positions(graph, pruning) -> dict[str, list[int]]:
             if isinstance(c.op, TapPoint)}
 
 
+def _sample(faces: np.ndarray, norm: dict, cfg: DeriveConfig, count: int) -> np.ndarray:
+    """Up to ``count`` of the uint8 ``faces``, normalised, drawn by the recipe's seed."""
+    from ..data import normalize
+
+    rng = np.random.default_rng(cfg.seed)
+    return normalize(faces[rng.choice(len(faces), size=min(len(faces), count), replace=False)], norm)
+
+
 def plan_pruning(teacher, faces: np.ndarray, norm: dict, cfg: DeriveConfig):
     """(the teacher's dependency graph, the channels ``cfg`` keeps), importance measured on up to 256 of
     the uint8 ``faces``."""
-    from ..data import normalize
     from .graph import analyse
     from .prune import channel_importance, prune_by_fractions, prune_to_budget
 
     graph = analyse(teacher)
-    rng = np.random.default_rng(cfg.seed)
-    sample = faces[rng.choice(len(faces), size=min(len(faces), 256), replace=False)]
-    scores = channel_importance(teacher, graph, normalize(sample, norm))
+    scores = channel_importance(teacher, graph, _sample(faces, norm, cfg, 256))
     pruning = (prune_by_fractions(graph, scores, list(cfg.keep)) if cfg.keep is not None
                else prune_to_budget(graph, scores, cfg.params, cfg.macs, cfg.cost_power, cfg.stream_cap))
     return graph, pruning
@@ -144,13 +149,27 @@ def _prune(teacher, norm: dict, pool: np.ndarray, cfg: DeriveConfig):
             raise
         raise ValueError(f"size {cfg.size} px does not fit {teacher.name} ({str(exc).splitlines()[0]}); "
                          f"give a size nearer its own {teacher.input_shape[1]} px") from None
+    if cfg.reconstruct:
+        if shape:
+            raise ValueError("reconstruct refits the student on the teacher's maps, which a smaller --size "
+                             "does not have; drop reconstruct or --size")
+        from .reconstruct import reconstruct
+
+        # 160 faces and their mirror images: enough rows that the deepest 3x3 convs are not overfitted.
+        x = _sample(pool, norm, cfg, RECONSTRUCT_FACES)
+        fitted = reconstruct(graph, pruning.kept, student, np.concatenate([x, x[:, :, ::-1]]), seed=cfg.seed)
     (t_params, t_macs), (s_params, s_macs) = model_size(teacher), model_size(student)
     wanted = set(hint_taps(teacher))
     hints = {n: p for n, p in tap_positions(graph, pruning).items() if n in wanted}
     summary = {"params": int(s_params), "macs": int(s_macs), "teacher_params": int(t_params),
                "teacher_macs": int(t_macs), "groups": pruning.group_sizes(graph),
                "kept_channels": kept_channels(graph, pruning)}
+    if cfg.reconstruct:
+        summary["reconstruction"] = fitted
     return student, hints, summary
+
+
+RECONSTRUCT_FACES = 160
 
 
 class _EpochEnd:
