@@ -18,6 +18,8 @@ from toolkit.derive.graph import analyse
 from toolkit.derive.prune import (
     build_student,
     channel_importance,
+    kept_channels,
+    kept_from_channels,
     prune_by_fractions,
     prune_to_budget,
     size_of,
@@ -150,6 +152,13 @@ def test_least_squares_reconstruction_brings_a_pruned_student_back_towards_its_t
     fitted = reconstruct(graph, pruning.kept, student, fit)
     assert fitted and all(f["error_after"] <= f["error_before"] + 1e-9 for f in fitted)
     assert _cosine(student(unseen), model(unseen)) > before  # on inputs it was not fitted on
+
+
+def test_the_kept_channels_a_student_records_rebuild_the_same_student():
+    model = residual_net()
+    graph = analyse(model)
+    pruning = prune_by_fractions(graph, channel_importance(model, graph, _x(16, 8)), [0.5])
+    assert kept_from_channels(graph, kept_channels(graph, pruning)) == pruning.kept
 
 
 def test_reconstructing_a_student_that_keeps_everything_leaves_the_teacher():

@@ -6,12 +6,13 @@ Derives from dlib's ResNet port (or ``--teacher MODEL.keras``, pruned to half it
 otherwise) on faces of s1-s30, and evaluates on s31-s40, people never used to prune or distil: 10-fold
 verification on 900 pairs, single pass (``verification_accuracy``) and with flips; the teacher on the same
 pairs; the mean cosine of the student's descriptor to the teacher's; the same two right after pruning
-(``before_finetune``); the int8 deploy file (calibrated on s1-s30) with its verification, size, batch-1
-speed-up over the teacher's int8 file timed side by side (and, as the control, over the teacher with the
-same exact stem rewrite as the student: ``speedup_vs_teacher_same_stem_int8_b1``), and whether
-`faceprobe check` passes it. ``fast``
-is a second operating point (the same recipe at a smaller input, ``--fast-size``). ``--out DIR`` keeps
-the runs (``DIR/model.keras`` is the student); running again with the same ``--out`` resumes them.
+(``before_finetune``: after the least-squares reconstruction where the recipe has one, and beside it the
+same channels with the teacher's weights, ``without_reconstruction``); the int8 deploy file (calibrated
+on s1-s30) with its verification, size, batch-1 speed-up over the teacher's int8 file timed side by side
+(and, as the control, over the teacher with the same exact stem rewrite as the student:
+``speedup_vs_teacher_same_stem_int8_b1``), and whether `faceprobe check` passes it. ``fast`` is a second
+operating point (the same recipe at a smaller input, ``--fast-size``). ``--out DIR`` keeps the runs
+(``DIR/model.keras`` is the student); running again with the same ``--out`` resumes them.
 """
 
 from __future__ import annotations
@@ -223,6 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     student, _ = load_face_model(result.model_path)
     pruned, _ = load_face_model(out / "run" / "pruned.keras")
     s_emb, p_emb = _embed(student, eval_fs.images), _embed(pruned, eval_fs.images)
+    record = json.loads((out / "run" / "derive.json").read_text())
+    plain_emb = None
+    if "reconstruction" in record["pruning"]:  # the control: the same channels, the teacher's weights
+        from toolkit.derive.graph import analyse
+        from toolkit.derive.prune import build_student, kept_from_channels
+
+        graph = analyse(t_model)
+        plain = build_student(t_model, graph, kept_from_channels(graph, record["pruning"]["kept_channels"]))
+        plain_emb = _embed(plain, eval_fs.images)
     (out / "model.keras").unlink(missing_ok=True)
     os.link(result.model_path, out / "model.keras")
     meta = Path(result.model_path).with_name("model.meta.json")
@@ -260,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         "before_finetune": {
             "verification_accuracy": _verification(p_emb, pairs),
             "cosine_to_teacher": float(np.mean(np.sum(p_emb * teacher_emb, axis=1))),
+            "reconstructed": plain_emb is not None,
+            "without_reconstruction": None
+            if plain_emb is None
+            else {
+                "verification_accuracy": _verification(plain_emb, pairs),
+                "cosine_to_teacher": float(np.mean(np.sum(plain_emb * teacher_emb, axis=1))),
+            },
         },
         "train_minutes": result.train_seconds / 60.0,
         "epochs": result.epochs_completed,

@@ -329,3 +329,13 @@ def kept_channels(graph: Graph, pruning: Pruning) -> dict[str, list[int]]:
         if isinstance(c.op, (layers.Conv2D, layers.Dense)) and not isinstance(c.op, layers.DepthwiseConv2D):
             out[c.op.name] = positions(graph, c.outputs[0], pruning.kept).tolist()
     return out
+
+
+def kept_from_channels(graph: Graph, channels: dict[str, list[int]]) -> frozenset[int]:
+    """The kept classes that `kept_channels` recorded (a student's metadata), for rebuilding it."""
+    kept: set[int] = set()
+    for c in graph.calls:
+        if c.op.name in channels:
+            classes = graph.cls(graph.channels[c.outputs[0]])
+            kept.update(int(classes[i]) for i in channels[c.op.name] if not graph.fixed[classes[i]])
+    return frozenset(kept)
