@@ -47,8 +47,8 @@ def tap_activations(
         out = runtime.run(images[start:start + batch_size])
         for t in names:
             chunks[t].append(out[runtime.taps[t]["key"]])
-        if "embedding" in out:
-            embeddings.append(out["embedding"])
+        if runtime.embedding_key:
+            embeddings.append(out[runtime.embedding_key])
     values = {t: np.concatenate(chunks[t]) for t in names}
     stats = {t: tap_statistics(values[t], runtime.taps[t]) for t in names}
     return Activations(values, stats, np.concatenate(embeddings) if embeddings else None)

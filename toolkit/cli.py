@@ -99,7 +99,8 @@ def interrupt_hint(args: argparse.Namespace) -> str:
 
 
 # Arguments that name a command's inputs: none may lie inside the output folder it replaces.
-INPUT_ARGS = ("model", "plan", "images", "data", "calibration", "quantized", "thresholds", "pairs", "tflite")
+INPUT_ARGS = ("model", "plan", "images", "data", "calibration", "quantized", "float", "thresholds", "pairs",
+              "tflite")
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -89,7 +89,9 @@ def feature_figures(out: Path, board_index: int, taps_by_stage: dict[str, str]) 
     the ascent's change from the (first) start image."""
     d = out / "features"
     plan = ProbePlan.load(d / "plan.json")
-    rows = {"host autodiff": ProbeResult.load(d / "host"), "float (FD)": ProbeResult.load(d / "fd_float"),
+    # A float TFLite reference (a pair converted elsewhere) has no autodiff row.
+    rows = {**({"host autodiff": ProbeResult.load(d / "host")} if (d / "host").is_dir() else {}),
+            "float (FD)": ProbeResult.load(d / "fd_float"),
             "quantized (FD)": ProbeResult.load(d / f"fd_quant_board{board_index}")}
     start = plan.images[0]
     figures = {}
