@@ -14,8 +14,8 @@ from device.plan import ProbePlan, ProbeResult
 
 from ..evaluate import pair_scores, rank1_accuracy, verification_metrics
 from ..probe import make_plan, run_plan
-from ..probe.compare import compare_ascents, cosine
 from ..probe.channels import choose_channels
+from ..probe.compare import compare_ascents, cosine
 from ..zoo import STAGES
 from .boards import CHUNK, Board
 from .metrics import ErrorSums

@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="model.keras written by `faceprobe train` (omit with --float: a TFLite pair)")
     p.add_argument("--float", default=None, metavar="TFLITE", dest="float",
-                   help="a float32 .tflite converted elsewhere (onnx2tf, litert-torch, the TFLite converter): "
+                   help="a float32 .tflite converted elsewhere (onnx2tf, litert-torch, the TFLite "
+                        "converter): "
                         "the reference of --quantized, its int8/float16 sibling; taps are found in both "
                         "files and matched (docs/foreign.md)")
     p.add_argument("--tap", action="append", default=[], metavar="TENSOR",
@@ -40,7 +41,8 @@ def add_parser(subparsers) -> None:
                    help="with --float: the model's input normalisation (pixel - M) / S on 0..255 pixels, one "
                         "value or one per channel (default: recorded by `faceprobe import FILE.tflite`, else "
                         "127.5)")
-    p.add_argument("--scale", type=float, nargs="+", metavar="S", help="with --float: see --mean (default 128)")
+    p.add_argument("--scale", type=float, nargs="+", metavar="S",
+                   help="with --float: see --mean (default 128)")
     p.add_argument("--channels", choices=["rgb", "bgr"], default=None,
                    help="with --float: the model's channel order (default: recorded, else rgb)")
     p.add_argument("--variant", default=None, choices=["float16", "dynamic_int8", "int8", "int16x8"],
@@ -75,7 +77,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
                    help="export with these op kinds in float throughout (e.g. DEPTHWISE_CONV_2D)")
     p.add_argument("--quantized", default=None, metavar="TFLITE",
-                   help="check this exported deploy model (its .probe.tflite beside it) instead of exporting; "
+                   help="check this exported deploy model (its .probe.tflite beside it) instead of "
+                        "exporting; "
                         "with --float, the quantized file converted elsewhere")
     p.add_argument("--search", nargs="?", const="always", default="on-fail",
                    choices=["on-fail", "always", "never"],
@@ -143,7 +146,8 @@ def run_pair(args: argparse.Namespace) -> dict:
         raise ValueError("--float needs --quantized FILE.tflite: the quantized sibling to check against it")
     given = [flag for flag, name in KERAS_ONLY if getattr(args, name)]
     if given:
-        raise ValueError(f"{', '.join(given)}: a TFLite pair is checked as it was converted; these apply to a "
+        raise ValueError(f"{', '.join(given)}: a TFLite pair is checked as it was converted; these apply "
+                         "to a "
                          "Keras MODEL (your converter's own knobs: docs/foreign.md)")
     if args.search == "always":
         raise ValueError("--search: the fix search re-exports from a source model, which a TFLite pair has "
@@ -218,8 +222,9 @@ def print_summary(report: dict, out: str) -> None:
         print(search_table(report["search"]))
     if report.get("foreign"):
         pair = report["foreign"]
-        print(f"  taps found float {pair['taps_found']['float']}, quantized {pair['taps_found']['quantized']}; "
-              f"matched {pair['taps_matched']} (by {', '.join(sorted({m['matched_by'] for m in pair['matches']}))})")
+        found, by = pair["taps_found"], sorted({m["matched_by"] for m in pair["matches"]})
+        print(f"  taps found float {found['float']}, quantized {found['quantized']}; "
+              f"matched {pair['taps_matched']} (by {', '.join(by)})")
         print(f"  fix search {summary['fix_search']}")
     print(f"  report: {out}/report.html")
 

@@ -17,8 +17,9 @@ def add_parser(subparsers) -> None:
                     "pre-activation taps (a batch-norm or biased conv output feeding an activation) or take "
                     "them from --tap, assign stages by stride and depth, and record its input normalisation.")
     p.add_argument("source",
-                   help="'dlib', a Keras face-embedding model (.keras, .h5 or SavedModel folder), or a .tflite "
-                        "converted elsewhere (its normalisation is recorded beside it as FILE.faceprobe.json)")
+                   help="'dlib', a Keras face-embedding model (.keras, .h5 or SavedModel folder), or a "
+                        ".tflite converted elsewhere (its normalisation is recorded beside it as "
+                        "FILE.faceprobe.json)")
     p.add_argument("--out", default=None,
                    help="the model file to write (.keras; metadata goes beside it); not for a .tflite")
     p.add_argument("--tap", action="append", default=[], metavar="LAYER",
@@ -94,7 +95,8 @@ def run_tflite(args: argparse.Namespace) -> int:
         return 0
     norm = record["normalization"]
     print(f"{args.source}: {record['variant']}, input {record['input_shape']}, "
-          f"{len(record['candidates'])} taps found; normalisation (pixel - {norm['mean']}) / {norm['scale']}, "
+          f"{len(record['candidates'])} taps found; normalisation (pixel - {norm['mean']}) / "
+          f"{norm['scale']}, "
           f"{norm['channel_order']} -> {record_path(args.source)}")
     for c in record["candidates"]:
         note = "  (post-activation: fused)" if c["post_activation"] else ""

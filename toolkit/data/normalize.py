@@ -18,7 +18,8 @@ def normalize(images: np.ndarray, norm: dict | None = None) -> np.ndarray:
 def denormalize(x: np.ndarray, norm: dict | None = None) -> np.ndarray:
     """Model input → uint8 pixels (clipped)."""
     n = norm or DEFAULT_NORMALIZATION
-    pixels = np.asarray(x, np.float32) * np.asarray(n["scale"], np.float32) + np.asarray(n["mean"], np.float32)
+    scale, mean = np.asarray(n["scale"], np.float32), np.asarray(n["mean"], np.float32)
+    pixels = np.asarray(x, np.float32) * scale + mean
     return _ordered(np.clip(pixels, 0, 255).round().astype(np.uint8), n)
 
 

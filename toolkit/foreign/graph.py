@@ -149,12 +149,24 @@ class TFLiteGraph:
             if len(shape) != 4 or shape[1] < 2:
                 continue  # 1x1 maps are vectors, not features with a place
             fused = self.fused(op)
-            if not fused and not any(self.op_name(c) in ACTIVATIONS for c in consumers.get(out, [])):
+            if not fused and not self.feeds_activation(out, consumers):
                 continue
             found.append(Candidate(out, self.tensor_name(out), name, tuple(shape[1:]),
                                    max(1, round(height / shape[1])), rf, fused, len(found)))
         self.geometry = geometry
         return found
+
+    def feeds_activation(self, tensor: int, consumers: dict[int, list]) -> bool:
+        """Whether an activation op reads ``tensor``, directly or through a (de)quantize: a quantizer that
+        leaves the activation in float puts one between."""
+        for op in consumers.get(tensor, []):
+            name = self.op_name(op)
+            if name in ACTIVATIONS:
+                return True
+            if name in ("QUANTIZE", "DEQUANTIZE") and any(
+                    self.op_name(c) in ACTIVATIONS for c in consumers.get(int(op.outputs[0]), [])):
+                return True
+        return False
 
     def named(self, names: list[str]) -> list[Candidate]:
         """The candidates ``--tap`` names (any 4-D tensor's name in the file), in graph order."""

@@ -88,7 +88,8 @@ def match_taps(floats: list[Candidate], quants: list[Candidate], named: bool = F
         pairs.append((c, q, "position"))
     pairs.sort(key=lambda p: p[0].position)
     stages = assign_stages([f.stride for f, _, _ in pairs])
-    return [Match(f, q, by, tap_label(k, f), stage) for k, ((f, q, by), stage) in enumerate(zip(pairs, stages))]
+    return [Match(f, q, by, tap_label(k, f), stage)
+            for k, ((f, q, by), stage) in enumerate(zip(pairs, stages, strict=True))]
 
 
 def tap_key(k: int) -> str:

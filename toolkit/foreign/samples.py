@@ -69,8 +69,8 @@ def edge_quantize(float_file: Path, out: Path, calibration: np.ndarray, per_tens
     """``float_file`` quantized to int8 (weights and activations) by ai-edge-quantizer from the float file
     alone, calibrated on normalised ``calibration`` images; ``per_tensor``: one weight scale per tensor
     instead of per channel (the known-bad recipe)."""
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
     from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
     manager = recipe_manager.RecipeManager()
     granularity = qtyping.QuantGranularity.TENSORWISE if per_tensor else qtyping.QuantGranularity.CHANNELWISE
