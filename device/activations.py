@@ -67,8 +67,11 @@ def tap_statistics(values: np.ndarray, entry: dict) -> dict:
     }
     if entry.get("int8"):
         codes = int8_codes(v, entry["int8"])
-        stats["saturation"] = float(np.mean((codes <= -128) | (codes >= 127)))
         stats["saturation_high"] = float(np.mean(codes >= 127))
+        # A post-activation tap (a ReLU fused into its conv, in a file converted elsewhere) sits at the
+        # low limit wherever the ReLU gave zero: only the high limit is saturation there.
+        stats["saturation"] = (stats["saturation_high"] if entry.get("post_activation")
+                               else float(np.mean((codes <= -128) | (codes >= 127))))
     return stats
 
 
