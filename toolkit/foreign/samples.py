@@ -4,6 +4,8 @@ ai-edge-quantizer. The benchmark and the tests check them as foreign pairs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,8 @@ def edge_quantize(float_file: Path, out: Path, calibration: np.ndarray, per_tens
     (key, signature), = Interpreter(model_path=str(float_file)).get_signature_list().items()
     (name,) = runner.get_input_details()
     data = {key: [{name: calibration[i:i + 1].astype(np.float32)} for i in range(len(calibration))]}
-    result = q.quantize(q.calibrate(data, num_threads=1))
+    # The quantizer prints its own summary and progress; this is a tool's step, not the user's console.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        result = q.quantize(q.calibrate(data, num_threads=1))
     out.write_bytes(bytes(result.quantized_model))
     return out
