@@ -125,3 +125,38 @@ def test_float16_pair_passes_and_damaged_pair_fails(pair, tmp_path, capsys):
     assert report["foreign"]["taps_matched"] == 9
     # The damage is at the sixth tap: the localisation names it (or the first tap after it).
     assert report["summary"]["first_broken_tap"].startswith(("t05", "t06"))
+
+
+def test_import_records_normalisation_used_by_later_commands(pair, tmp_path, capsys):
+    import shutil
+
+    from toolkit.foreign.imported import record_path, recorded_normalization
+
+    own = tmp_path / "model.tflite"
+    shutil.copyfile(pair["float32"], own)
+    assert main(["import", str(own), "--mean", "0", "--scale", "255", "--channels", "bgr", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["candidates"]) == 9 and record["variant"] == "float32"
+    norm = recorded_normalization(own)
+    assert norm == {"mean": 0.0, "scale": 255.0, "channel_order": "BGR"}
+    assert recorded_normalization(own, scale=[128.0])["scale"] == 128.0  # a flag given now wins
+    own.write_bytes(own.read_bytes() + b"\0")  # the record is for other bytes now
+    with pytest.raises(ValueError, match="another file"):
+        recorded_normalization(own)
+    assert record_path(own).is_file()
+
+
+@needs_orl
+def test_probe_of_a_tflite_file_by_finite_differences(pair, tmp_path, capsys):
+    out = tmp_path / "probe"
+    code = main(["probe", str(pair["float32"]), "--images", str(ORL), "--person", "s35", "--n-images", "2",
+                 "--steps", "4", "--step-rule", "normalized", "--out", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "finite differences" in summary["estimator"] and "dct:4" in summary["estimator"]
+    assert set(summary["stages"]) == {"first", "middle", "last"}
+    # The ascent raises every stage's objective (normalised steps in the subspace).
+    assert all(r["objective_final"] > r["objective_start"] for r in summary["stages"].values())
+    assert (out / "report.html").is_file()
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["controls"].startswith("none")

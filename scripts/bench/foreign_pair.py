@@ -101,8 +101,8 @@ def common_taps(model, keras_probe: Path, foreign_float_probe: Path, foreign_qua
     >= SAME. The Keras path's SQNR of a fused tap is taken after the same ReLU, on its own probe file."""
     from device.runtime import Runtime
     from toolkit.check.metrics import ErrorSums
-    from toolkit.check.reference import KerasReference
     from toolkit.probe.compare import cosine
+    from toolkit.probe.reference import KerasReference
 
     ref = KerasReference(model)
     kf = ref.tap_values(images)
@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         found = r["taps_found"] or {}
         print(f"{name:<34}{str(found.get('float', '-')) + '/' + str(found.get('quantized', '-')):>10}"
-              f"{str(r['taps_matched'] or r.get('taps', '-')):>8}  {r['verdict']:<8}{str(r['worst_tap'])[:31]:<32}"
+              f"{str(r['taps_matched'] or r.get('taps', '-')):>8}  {r['verdict']:<8}"
+              f"{str(r['worst_tap'])[:31]:<32}"
               f"{r['worst_tap_sqnr_db']:>8.2f}")
     print(f"worst-tap SQNR over the taps both paths see, foreign minus Keras: "
           f"{'n/a' if gap is None else f'{gap:+.2f} dB'} ({len(orl['common_taps'])} taps); goal met: "

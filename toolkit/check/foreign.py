@@ -22,12 +22,12 @@ from ..data import make_pairs, normalize
 from ..data.normalize import DEFAULT_NORMALIZATION
 from ..export import Recipe
 from ..foreign.pair import ForeignPair, prepare_pair
+from ..probe.reference import TFLiteReference
 from .boards import Board, LocalBoard
 from .gate import load_thresholds
 from .judging import BoardResult, CheckData, check_board
 from .levels import FeatureReference, feature_reference, tap_scales
 from .options import CheckOptions
-from .reference import TFLiteReference
 from .runner import (
     REPORT_SCHEMA,
     data_verdict,

@@ -16,10 +16,10 @@ from ..evaluate import pair_scores, rank1_accuracy, verification_metrics
 from ..probe import make_plan, run_plan
 from ..probe.channels import choose_channels
 from ..probe.compare import compare_ascents, cosine
+from ..probe.reference import Reference, as_reference
 from ..zoo import STAGES
 from .boards import CHUNK, Board
 from .metrics import ErrorSums
-from .reference import Reference, as_reference
 
 # The feature level's DCT subspace: 3x3 frequencies per channel, 27 directions, 55 evaluations per
 # finite-difference step. Gradient estimates in it track autodiff at cosine >= 0.99 on float32 and int8

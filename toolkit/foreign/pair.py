@@ -207,3 +207,19 @@ def prepare_pair(float_path: str | Path, quantized_path: str | Path, out: Path, 
     sources = {s: {"file": str(g.path), "sha256": sha256_file(g.path), "variant": variants[s],
                    "candidates": len(cands[s])} for s, g in graphs.items()}
     return ForeignPair(variants["quantized"], files, matches, sources, found)
+
+
+def prepare_single(path: str | Path, out: Path, normalization: dict, taps: list[str] | None = None
+                   ) -> tuple[dict[str, Path], list[Match]]:
+    """One float file made probe-able (the probe without a quantized sibling): its deploy copy and probe
+    copy in ``out``, and its taps (each "matched" with itself)."""
+    graph = TFLiteGraph.read(path)
+    graph.signature()
+    variant = graph.variant()
+    if variant != "float32":
+        raise ForeignModelError(f"{path} is a {variant} file; probe the float32 file (the quantized one is "
+                                "compared with it by `faceprobe check --float F --quantized Q`)")
+    cands = graph.named(taps) if taps else graph.candidates()
+    matches = match_taps(cands, cands, named=bool(taps))
+    return write_roles(graph, matches, "float", "float32", out, normalization,
+                       "named" if taps else "found"), matches

@@ -1,5 +1,6 @@
-"""What a check compares the quantized file with: the float Keras model (autodiff available), or for a
-pair converted elsewhere, the float TFLite file itself (its probe copy: taps found in the flatbuffer)."""
+"""The float model a probe reads taps from, and a check compares the quantized file with: the Keras model
+(autodiff available), or a float TFLite file converted elsewhere (its probe copy: taps found in the
+flatbuffer, read through the board's activations job)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ import numpy as np
 from device.manifest import tap_entries
 from device.plan import ProbePlan
 
-from ..probe.ascent import tap_responses
 from ..zoo import TapSpec, list_taps, tap_key, tap_model
-from .boards import CHUNK, LocalBoard
+from .ascent import tap_responses
+
+CHUNK = 8  # images per interpreter call: bounds memory
+
+
+class TapBoard(Protocol):
+    """Where a float TFLite probe file runs (``toolkit.check.boards.LocalBoard``)."""
+
+    probe: object  # its Runtime
+
+    def activations(self, plan: ProbePlan) -> dict:
+        """``values`` and ``stats`` per tap of the plan's images."""
 
 
 class Reference(Protocol):
@@ -45,7 +56,7 @@ class TFLiteReference:
 
     model = None
 
-    def __init__(self, board: LocalBoard):
+    def __init__(self, board: TapBoard):
         self.board = board
         self.taps = [TapSpec(name, e["stage"], e["channels"], e["stride"], e["receptive_field"])
                      for name, e in tap_entries(board.probe.manifest).items()]
