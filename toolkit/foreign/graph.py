@@ -23,6 +23,20 @@ class ForeignModelError(ValueError):
     """A TFLite file that faceprobe cannot check: unreadable, without a signature, without taps."""
 
 
+def read_object(data: bytes):
+    """A TFLite file's schema object tree, with every buffer's data inline: converters that store
+    weights after the flatbuffer (ai-edge-quantizer does: ``Buffer.offset``/``size``) would otherwise
+    lose them when the tree is written back."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    for buffer in model.buffers or []:
+        if getattr(buffer, "offset", 0) and getattr(buffer, "size", 0):
+            buffer.data = np.frombuffer(data[buffer.offset:buffer.offset + buffer.size], np.uint8)
+            buffer.offset, buffer.size = 0, 0
+    return model
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A tensor that can be tapped: its index and name in the file, the op producing it, its shape
@@ -62,7 +76,7 @@ class TFLiteGraph:
         if len(data) < 8 or data[4:8] != b"TFL3":
             raise ForeignModelError(f"{path} is not a TFLite file (no TFL3 identifier); pass a .tflite")
         try:
-            model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+            model = read_object(data)
         except Exception as exc:  # the schema's reader raises anything on damaged bytes
             raise ForeignModelError(f"{path} could not be read as a TFLite flatbuffer ({exc})") from None
         if not model.subgraphs:
