@@ -67,7 +67,6 @@ class TFLiteGraph:
     @classmethod
     def read(cls, path: str | Path) -> TFLiteGraph:
         from tensorflow.lite.python import schema_py_generated as schema
-        from tensorflow.lite.tools import flatbuffer_utils
 
         path = Path(path)
         if not path.is_file():
