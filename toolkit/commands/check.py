@@ -26,7 +26,9 @@ def add_parser(subparsers) -> None:
                     "order of cost and writes the cheapest that passes as a recipe file. Writes "
                     "report.json and a self-contained report.html into --out. Exit code: 0 pass, 1 fail, "
                     "2 could not judge (bad input, a file from another model, an unreachable board, "
-                    "faces the float model cannot verify, an error).")
+                    "faces the float model cannot verify, an error). With --float F.tflite --quantized "
+                    "Q.tflite instead of MODEL: a pair converted elsewhere, its taps found in both files and "
+                    "matched, the float TFLite the reference (docs/foreign.md).")
     p.add_argument("model", nargs="?", default=None,
                    help="model.keras written by `faceprobe train` (omit with --float: a TFLite pair)")
     p.add_argument("--float", default=None, metavar="TFLITE", dest="float",
