@@ -47,14 +47,15 @@ faceprobe export runs/tiny/model.keras --variants int8 --calibration faces --out
     "check": """faceprobe check runs/tiny/model.keras --variant int8 --out runs/tiny/check
 faceprobe check runs/orl/model.keras --data att_faces --identities s31-s40 --calibration att_faces \\
     --calibration-identities s1-s30 --agent http://pi.local:8765 --out runs/orl/check
-faceprobe check --float model_float32.tflite --quantized model_int8.tflite --data att_faces --out runs/x/check""",
+faceprobe check --float model_float32.tflite --quantized model_int8.tflite --data att_faces --out x/check""",
     "bench": """faceprobe bench runs/tiny/export/model.int8.tflite runs/tiny/export/model.float32.tflite
 faceprobe bench runs/tiny/export/model.*.tflite --agent http://pi.local:8765 --threads 4 --json""",
     "deploy": "faceprobe deploy runs/tiny/export/model.int8.probe.tflite --agent http://pi.local:8765",
     "report": """faceprobe report runs/tiny/probe
 faceprobe report runs/tiny/check""",
     "import": """faceprobe import dlib --out dlib.keras
-faceprobe import my_model.keras --out imported.keras --tap block1_bn --tap block5_bn""",
+faceprobe import my_model.keras --out imported.keras --tap block1_bn --tap block5_bn
+faceprobe import model_float32.tflite --mean 127.5 --scale 127.5 --channels rgb""",
 }
 
 
