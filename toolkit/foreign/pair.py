@@ -85,6 +85,12 @@ def match_taps(floats: list[Candidate], quants: list[Candidate], named: bool = F
             raise ForeignPairError(
                 f"the taps do not match by position: float tensor {c.name!r} {list(c.shape)} stands where "
                 f"the quantized file has {q.name!r} {list(q.shape)}. Are they two files of one model?")
+        if c.post_activation != q.post_activation:
+            # One side's activation fused into the conv, the other's not: not the same quantity.
+            raise ForeignPairError(
+                f"the taps do not match by position: float tensor {c.name!r} is "
+                f"{'post' if c.post_activation else 'pre'}-activation, the quantized file's {q.name!r} "
+                f"{'post' if q.post_activation else 'pre'}-activation. Name the taps with --tap")
         pairs.append((c, q, "position"))
     pairs.sort(key=lambda p: p[0].position)
     stages = assign_stages([f.stride for f, _, _ in pairs])
