@@ -160,3 +160,28 @@ def test_probe_of_a_tflite_file_by_finite_differences(pair, tmp_path, capsys):
     assert (out / "report.html").is_file()
     findings = json.loads((out / "findings.json").read_text())
     assert findings["controls"].startswith("none")
+
+
+@needs_orl
+def test_a_loopback_agent_judges_the_pair_as_the_host_does(pair, tmp_path, capsys):
+    import threading
+
+    from device.agent import AgentServer
+
+    server = AgentServer("127.0.0.1", 0, tmp_path / "store")
+    server.quiet = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        code, summary = _check(capsys, tmp_path, pair["int8"], pair["float32"], "--agent", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code in (0, 1)
+    report = json.loads((tmp_path / "check" / "report.json").read_text())
+    host, board = report["boards"]
+    assert board["name"] == url and board["info"]["deploy"]["runtime"]
+    # The same deploy file on the same runtime: the same embeddings, so the same identity figures.
+    assert board["identities"]["embedding_cosine_mean"] == pytest.approx(
+        host["identities"]["embedding_cosine_mean"], abs=1e-6)
+    assert [r["tap"] for r in board["taps"]] == [r["tap"] for r in host["taps"]]
