@@ -9,9 +9,9 @@ Pairs: (a) a face CNN written as a plain tf.Module (no Keras), trained in plain 
 converted by the TFLite converter to float32 and int8; (b) the ORL model's float32 deploy file quantized
 to int8 by ai-edge-quantizer from the float file alone, with faceprobe's own int8 file of the same model
 checked both ways (Keras path, and as a foreign pair) beside it; (c) dlib's port's float32 file quantized
-by ai-edge-quantizer (``--no-dlib`` skips it). Known-bad: (b)'s float file by ai-edge-quantizer with
-per-tensor weights, and (b)'s ai-edge-quantizer file with one middle tap's range clipped to a twentieth;
-a float16 pair of (a). Each: ``taps_found``, ``taps_matched``, the verdict and the worst tap.
+by ai-edge-quantizer (``--no-dlib`` skips it). Known-bad: (b)'s ai-edge-quantizer file with one middle tap's
+range clipped to a twentieth (expected to fail); beside it (b)'s float file by ai-edge-quantizer with
+per-tensor weights (no expectation: bad only where channel ranges differ much); a float16 pair of (a). Each: ``taps_found``, ``taps_matched``, the verdict and the worst tap.
 
 ``sqnr_gap_db``: on faceprobe's own int8 file of (b), the worst-tap SQNR over the taps both paths see
 (the foreign tap whose float values equal a Keras tap's, or its ReLU where the converter fused the
@@ -168,10 +168,13 @@ def orl_pairs(args, out: Path, opts) -> tuple[dict, dict]:
     middle = aeq_report["foreign"]["matches"][len(aeq_report["foreign"]["matches"]) // 2]["quantized_tensor"]
     clipped = out / "orl.aeq_int8_clipped.tflite"
     clipped.write_bytes(clip_tensor_range(aeq.read_bytes(), [middle], 0.05))
+    # Per-tensor weights are bad only where a layer's channels differ much in range: on the width-1.0 ORL
+    # model they are not known to be (docs/quantization.md: no tap moves by more than 0.3 dB there), so
+    # only the clipped range is expected to fail.
     bad = {}
-    for name, q in (("per_tensor_weights", per_tensor), ("clipped_range", clipped)):
+    for name, q, expected in (("per_tensor_weights", per_tensor, None), ("clipped_range", clipped, "fail")):
         bad[name] = pair_row(run_foreign_check(f32, q, out / f"check_{name}", norm, options=opts,
-                                               progress=False), "fail")
+                                               progress=False), expected)
     bad["clipped_range"]["clipped_tensor"] = middle
     keras_row = pair_row(keras_report)
     keras_row["taps"] = len(load_manifest(manifest_path_for(exported["int8"]["probe"]))["outputs"]) - 1
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "known_bad": bad,
         "sqnr_gap_db": gap,
         "checked_end_to_end": all(r["verdict"] in ("pass", "fail") for r in checked),
-        "known_bad_caught": all(r["verdict"] == "fail" for r in bad.values()),
+        "known_bad_caught": all(r["verdict"] == "fail" for r in bad.values() if r["expected"] == "fail"),
         "float16_passed": module["float16"]["verdict"] == "pass",
         "goal": f"every pair checked end to end; |sqnr_gap_db| <= {GOAL_DB}",
         "goal_met": bool(all(r["verdict"] in ("pass", "fail") for r in checked) and gap is not None
