@@ -11,7 +11,8 @@ to int8 by ai-edge-quantizer from the float file alone, with faceprobe's own int
 checked both ways (Keras path, and as a foreign pair) beside it; (c) dlib's port's float32 file quantized
 by ai-edge-quantizer (``--no-dlib`` skips it). Known-bad: (b)'s ai-edge-quantizer file with one middle tap's
 range clipped to a twentieth (expected to fail); beside it (b)'s float file by ai-edge-quantizer with
-per-tensor weights (no expectation: bad only where channel ranges differ much); a float16 pair of (a). Each: ``taps_found``, ``taps_matched``, the verdict and the worst tap.
+per-tensor weights (no expectation: bad only where channel ranges differ much); a float16 pair of (a).
+Each: ``taps_found``, ``taps_matched``, the verdict and the worst tap.
 
 ``sqnr_gap_db``: on faceprobe's own int8 file of (b), the worst-tap SQNR over the taps both paths see
 (the foreign tap whose float values equal a Keras tap's, or its ReLU where the converter fused the
