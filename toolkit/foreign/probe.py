@@ -16,6 +16,7 @@ from ..probe.images import load_start_images
 from ..probe.outputs import write_outputs
 from ..probe.reference import TFLiteReference
 from ..probe.run import ProbeOptions
+from .graph import TFLiteGraph
 from .pair import prepare_single
 
 # A board's finite differences reach only a subspace: the TFLite probe's default one (4x4 DCT frequencies
@@ -34,13 +35,14 @@ def run_tflite_probe(tflite: str | os.PathLike, out_dir: str | os.PathLike,
     opts = replace(options or ProbeOptions(), **settings)
     norm = normalization or dict(DEFAULT_NORMALIZATION)
     out = Path(out_dir)
+    # The start images first: a command refused for them has written nothing.
+    size = TFLiteGraph.read(tflite).input_shape()[1]
+    images, origin = load_start_images(list(opts.images), size, opts.n_images, opts.person, progress,
+                                       align=opts.align)
     files, _ = prepare_single(tflite, out / "tflite", norm, None)
     board = LocalBoard(files["deploy"], files["probe"])
     ref = TFLiteReference(board)
     ref.name = Path(tflite).stem
-    size = board.deploy.input_shape[0]
-    images, origin = load_start_images(list(opts.images), size, opts.n_images, opts.person, progress,
-                                       align=opts.align)
     subspace = TFLITE_SUBSPACE if opts.subspace["kind"] == "full" else opts.subspace
     plan = feature_plan(ref, normalize(images, norm), subspace["size"], opts.steps)
     plan = replace(plan, subspace=subspace, step_size=opts.step_size, step_rule=opts.step_rule)
