@@ -213,4 +213,3 @@ def run_probe(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     if opts.agents:
         summary["boards"] = probe_boards(plan, result, Path(out_dir), opts)
     return summary
-
