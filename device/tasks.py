@@ -63,7 +63,7 @@ def run(runtime: Runtime, plan: ProbePlan, kind: str, max_batch: int = DEFAULT_M
         return run_ascent(runtime, plan, max_batch=max_batch)
     meta = {"kind": kind, "runtime": runtime.info(), "plan": plan.to_json()}
     if kind == "embeddings":
-        embedding = np.concatenate([runtime.run(plan.images[i:i + max_batch])["embedding"]
+        embedding = np.concatenate([runtime.run(plan.images[i:i + max_batch])[runtime.embedding_key]
                                     for i in range(0, len(plan.images), max_batch)])
         return {"values": {}, "embedding": embedding, "stats": {}, "meta": meta}
     acts = tap_activations(runtime, plan.images, taps=plan.taps, batch_size=max_batch)

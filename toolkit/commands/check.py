@@ -26,8 +26,27 @@ def add_parser(subparsers) -> None:
                     "order of cost and writes the cheapest that passes as a recipe file. Writes "
                     "report.json and a self-contained report.html into --out. Exit code: 0 pass, 1 fail, "
                     "2 could not judge (bad input, a file from another model, an unreachable board, "
-                    "faces the float model cannot verify, an error).")
-    p.add_argument("model", help="model.keras written by `faceprobe train`")
+                    "faces the float model cannot verify, an error). With --float F.tflite --quantized "
+                    "Q.tflite instead of MODEL: a pair converted elsewhere, its taps found in both files and "
+                    "matched, the float TFLite the reference (docs/foreign.md).")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model.keras written by `faceprobe train` (omit with --float: a TFLite pair)")
+    p.add_argument("--float", default=None, metavar="TFLITE", dest="float",
+                   help="a float32 .tflite converted elsewhere (onnx2tf, litert-torch, the TFLite "
+                        "converter): "
+                        "the reference of --quantized, its int8/float16 sibling; taps are found in both "
+                        "files and matched (docs/foreign.md)")
+    p.add_argument("--tap", action="append", default=[], metavar="TENSOR",
+                   help="with --float: tap this tensor (by name, in both files; repeat) instead of those "
+                        "found")
+    p.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="with --float: the model's input normalisation (pixel - M) / S on 0..255 pixels, one "
+                        "value or one per channel (default: recorded by `faceprobe import FILE.tflite`, else "
+                        "127.5)")
+    p.add_argument("--scale", type=float, nargs="+", metavar="S",
+                   help="with --float: see --mean (default 128)")
+    p.add_argument("--channels", choices=["rgb", "bgr"], default=None,
+                   help="with --float: the model's channel order (default: recorded, else rgb)")
     p.add_argument("--variant", default=None, choices=["float16", "dynamic_int8", "int8", "int16x8"],
                    help="the quantized variant to check (default int8)")
     p.add_argument("--recipe", default=None, metavar="FILE",
@@ -60,7 +79,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
                    help="export with these op kinds in float throughout (e.g. DEPTHWISE_CONV_2D)")
     p.add_argument("--quantized", default=None, metavar="TFLITE",
-                   help="check this exported deploy model (its .probe.tflite beside it) instead of exporting")
+                   help="check this exported deploy model (its .probe.tflite beside it) instead of "
+                        "exporting; "
+                        "with --float, the quantized file converted elsewhere")
     p.add_argument("--search", nargs="?", const="always", default="on-fail",
                    choices=["on-fail", "always", "never"],
                    help="the fix search: recipes in order of cost (better calibration, depthwise convs in "
@@ -98,10 +119,59 @@ def recipe_from_args(args: argparse.Namespace):
                   float_ops=tuple(args.float_ops))
 
 
+def options_from_args(args: argparse.Namespace):
+    from ..check import CheckOptions
+
+    return CheckOptions(data=args.data, identities=args.identities, align=args.align,
+                        thresholds=args.thresholds, agents=args.agent,
+                        token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args),
+                        search=args.search, price_on=args.price_on,
+                        sample=args.sample, feature_images=args.feature_images,
+                        features=not args.no_features, subspace_size=args.feature_subspace,
+                        seed=args.seed)
+
+
+# Flags of the Keras path that a TFLite pair has no use for (it has no source model to export from).
+KERAS_ONLY = (("--variant", "variant"), ("--recipe", "recipe"), ("--keep-float", "keep_float"),
+              ("--float-ops", "float_ops"), ("--calibration", "calibration"),
+              ("--calibration-identities", "calibration_identities"))
+
+
+def run_pair(args: argparse.Namespace) -> dict:
+    """The check of a TFLite pair converted elsewhere (--float and --quantized)."""
+    from ..check.foreign import run_foreign_check
+    from ..foreign.imported import recorded_normalization
+
+    if args.model:
+        raise ValueError(f"pass either MODEL ({args.model}) or --float FILE.tflite, not both")
+    if not args.quantized:
+        raise ValueError("--float needs --quantized FILE.tflite: the quantized sibling to check against it")
+    given = [flag for flag, name in KERAS_ONLY if getattr(args, name)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: a TFLite pair is checked as it was converted; these apply "
+                         "to a "
+                         "Keras MODEL (your converter's own knobs: docs/foreign.md)")
+    if args.search == "always":
+        raise ValueError("--search: the fix search re-exports from a source model, which a TFLite pair has "
+                         "not; see docs/foreign.md for your converter's recipe knobs")
+    norm = recorded_normalization(args.float, args.mean, args.scale, args.channels)
+    with flags(FLAGS):
+        return run_foreign_check(args.float, args.quantized, args.out, norm, taps=args.tap or None,
+                                 options=options_from_args(args), progress=not args.json)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..check import CheckOptions, exit_code, run_check
+    from ..check import exit_code, run_check
     from ..modelfile import validate_model_file
 
+    if args.float:
+        report = run_pair(args)
+        return finish(args, report, exit_code(report))
+    if args.tap or args.mean or args.scale or args.channels:
+        raise ValueError("--tap, --mean, --scale and --channels apply to a TFLite pair (--float FILE); a "
+                         "Keras MODEL records its taps and normalisation")
+    if not args.model:
+        raise ValueError("pass MODEL (a model.keras), or --float FILE.tflite --quantized FILE.tflite")
     validate_model_file(args.model)  # a wrong file is named before TensorFlow loads
 
     if args.quantized and (args.recipe or args.variant or args.keep_float or args.float_ops):
@@ -109,15 +179,13 @@ def run(args: argparse.Namespace) -> int:
                          "--float-ops "
                          "(its manifest records the recipe that made it)")
     with flags(FLAGS):
-        options = CheckOptions(data=args.data, identities=args.identities, align=args.align,
-                               thresholds=args.thresholds, agents=args.agent,
-                               token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args),
-                               search=args.search, price_on=args.price_on,
-                               sample=args.sample, feature_images=args.feature_images,
-                               features=not args.no_features, subspace_size=args.feature_subspace,
-                               seed=args.seed)
         report = run_check(args.model, args.out, recipe=None if args.quantized else recipe_from_args(args),
-                           quantized=args.quantized, options=options, progress=not args.json)
+                           quantized=args.quantized, options=options_from_args(args), progress=not args.json)
+    return finish(args, report, exit_code(report))
+
+
+def finish(args: argparse.Namespace, report: dict, code: int) -> int:
+    """Print the summary (JSON or the table) and return the exit code."""
     summary = report["summary"]
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -125,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"CANNOT JUDGE: {summary['reason']}")
     else:
         print_summary(report, args.out)
-    return exit_code(report)
+    return code
 
 
 # run_check's parameters whose flag is not "--" + the name.
@@ -154,6 +222,12 @@ def print_summary(report: dict, out: str) -> None:
         print("    " + speed_line(summary["variant"], board["speed"]))
     if report["search"]:
         print(search_table(report["search"]))
+    if report.get("foreign"):
+        pair = report["foreign"]
+        found, by = pair["taps_found"], sorted({m["matched_by"] for m in pair["matches"]})
+        print(f"  taps found float {found['float']}, quantized {found['quantized']}; "
+              f"matched {pair['taps_matched']} (by {', '.join(by)})")
+        print(f"  fix search {summary['fix_search']}")
     print(f"  report: {out}/report.html")
 
 

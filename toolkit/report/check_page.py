@@ -89,7 +89,9 @@ def feature_figures(out: Path, board_index: int, taps_by_stage: dict[str, str]) 
     the ascent's change from the (first) start image."""
     d = out / "features"
     plan = ProbePlan.load(d / "plan.json")
-    rows = {"host autodiff": ProbeResult.load(d / "host"), "float (FD)": ProbeResult.load(d / "fd_float"),
+    # A float TFLite reference (a pair converted elsewhere) has no autodiff row.
+    rows = {**({"host autodiff": ProbeResult.load(d / "host")} if (d / "host").is_dir() else {}),
+            "float (FD)": ProbeResult.load(d / "fd_float"),
             "quantized (FD)": ProbeResult.load(d / f"fd_quant_board{board_index}")}
     start = plan.images[0]
     figures = {}
@@ -119,6 +121,23 @@ def _verdict_banner(report: dict) -> str:
             f"<p>verification accuracy float {acc['float']:.4f}, quantized {acc['quantized']:.4f}; "
             f"worst tap <code>{html.escape(str(summary['worst_tap']))}</code>; "
             f"first broken tap {broken}; failed checks: {html.escape(failed)}</p></div>")
+
+
+MATCH_KEYS = ["tap", "stage", "matched_by", "float_tensor", "quantized_tensor", "op", "shape", "stride",
+              "receptive_field", "post_activation"]
+
+
+def _foreign(pair: dict | None) -> list[str]:
+    """A pair converted elsewhere: where its files came from and how its taps were matched."""
+    if not pair:
+        return []
+    files = ", ".join(f"{side} <code>{html.escape(src['file'])}</code> ({src['variant']}, sha256 "
+                      f"{src['sha256'][:12]}…, {src['candidates']} candidate taps)"
+                      for side, src in pair["sources"].items())
+    return ["<h2>Pair converted elsewhere</h2>",
+            f"<p>{files}. Taps {pair['taps']} in the files, {pair['taps_matched']} matched; the float "
+            "TFLite is the reference. The fix search is off (it needs a source model).</p>",
+            table(pair["matches"], MATCH_KEYS)]
 
 
 def _search(found: dict | None) -> str:
@@ -156,6 +175,7 @@ def render_check(run_dir: str | os.PathLike) -> Path:
              f"{html.escape(report['data']['source'])} ({report['data']['images']} images, "
              f"{report['data']['identities']} identities, {report['data']['pairs']} pairs), calibration "
              f"{html.escape(report['data']['calibration'])}.</p>",
+             *_foreign(report.get("foreign")),
              "<h2>Taps</h2>", img_tag(tap_figure(report, out / "figures" / "taps.png"), "tap SQNR")]
     has_features = (out / "features" / "plan.json").is_file()
     for i, board in enumerate(report["boards"]):
