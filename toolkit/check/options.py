@@ -27,8 +27,9 @@ class CheckOptions:
     "on-fail", "always", "never" ("exhaustive": every candidate, for the full table), its recipes priced on
     ``price_on`` ("host" or an agent URL; default: the first agent, else the host). How much is
     measured: faces at the tap level (``sample``), the feature level's start images, DCT subspace size
-    and steps (``feature_images``, ``subspace_size``, ``steps``; ``features=False`` skips that level),
-    and the ``seed`` of every draw.
+    and steps (``feature_images``, ``subspace_size``, ``steps``; ``features=False`` skips those
+    statistics), the disagreement ascent (``disagreement``, from ``disagreement_images`` faces within
+    ``budget`` grey levels), identities under shift (``shift``), and the ``seed`` of every draw.
     """
 
     data: str | os.PathLike | None = None
@@ -45,10 +46,18 @@ class CheckOptions:
     features: bool = True
     subspace_size: int = 3
     steps: int = 20
+    disagreement: bool = False
+    disagreement_images: int = 2
+    budget: float = 8.0
+    shift: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("sample", "feature_images", "subspace_size", "steps"):
+        budget = self.budget
+        if not isinstance(budget, int | float) or isinstance(budget, bool) or not 0 < budget <= 64:
+            raise ParameterError("budget", f"{{name}} must be a number of grey levels in (0, 64], "
+                                           f"got {self.budget!r}")
+        for name in ("sample", "feature_images", "subspace_size", "steps", "disagreement_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ParameterError(name, f"{{name}} must be an integer >= 1, got {value!r}")

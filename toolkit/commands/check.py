@@ -54,7 +54,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--feature-subspace", type=positive_int, default=3, metavar="N",
                    help="the feature level's subspace: the N x N lowest DCT frequencies per channel "
                         "(default 3)")
-    p.add_argument("--no-features", action="store_true", help="skip the feature level (the slowest)")
+    p.add_argument("--no-features", action="store_true",
+                   help="skip the feature statistics (the probe's plan by finite differences; the slowest)")
+    p.add_argument("--disagreement", action="store_true",
+                   help="the disagreement ascent: from real check faces, the worst float-vs-quantized "
+                        "embedding cosine that finite-difference ascent finds within --budget grey levels, "
+                        "beside 100 random perturbations of the same budget (on the host and every board)")
+    p.add_argument("--disagreement-images", type=positive_int, default=2, metavar="N",
+                   help="start faces of the disagreement ascent (default 2)")
+    p.add_argument("--budget", type=float, default=8.0, metavar="GREY",
+                   help="the disagreement ascent's L-infinity budget in grey levels (default 8)")
+    p.add_argument("--shift", action="store_true",
+                   help="identities under shift: float vs quantized deploy file on corrupted copies of the "
+                        "check faces (low light, over-exposure, contrast, noise, blur, JPEG, occlusion, "
+                        "rotation; 3 severities), judged by the [shift] thresholds")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="export with these taps' blocks kept float")
     p.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
@@ -115,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
                                search=args.search, price_on=args.price_on,
                                sample=args.sample, feature_images=args.feature_images,
                                features=not args.no_features, subspace_size=args.feature_subspace,
-                               seed=args.seed)
+                               disagreement=args.disagreement, disagreement_images=args.disagreement_images,
+                               budget=args.budget, shift=args.shift, seed=args.seed)
         report = run_check(args.model, args.out, recipe=None if args.quantized else recipe_from_args(args),
                            quantized=args.quantized, options=options, progress=not args.json)
     summary = report["summary"]
@@ -147,6 +161,15 @@ def print_summary(report: dict, out: str) -> None:
                 value = "not measured" if v["value"] is None else f"{v['value']:.4g}"
                 print(f"  failed on {board['name']}: {v['name']} {value} "
                       f"(needs {'>=' if v['direction'] == 'min' else '<='} {v['threshold']:g})")
+    host = report["boards"][0]
+    if host.get("shift"):
+        print(shift_table(host["shift"]))
+    if host.get("disagreement"):
+        d = host["disagreement"]["summary"]
+        ratio = "n/a" if d["ratio"] is None else f"{d['ratio']:.2f}x"
+        print(f"  disagreement within {d['budget_grey_levels']:g} grey levels: worst embedding cosine found "
+              f"{d['worst_case_embedding_cosine']:.4f} by ascent, {d['random_worst_cosine']:.4f} by "
+              f"{d['random_tries']} random tries per face (the ascent finds {ratio} chance's disagreement)")
     for board in report["boards"]:
         c = board["info"].get("deploy", {})
         print(f"  {board['name']}: {c.get('runtime')} {c.get('runtime_version')}, {c.get('kernels')} "
@@ -155,6 +178,24 @@ def print_summary(report: dict, out: str) -> None:
     if report["search"]:
         print(search_table(report["search"]))
     print(f"  report: {out}/report.html")
+
+
+def shift_table(shift: dict) -> str:
+    """Identities under shift on the host: the accuracy drop per corruption and severity."""
+    severities = sorted({c["severity"] for c in shift["cells"]})
+    lines = ["  identities under shift (accuracy drop float - quantized, pp, per severity; mean ± se):",
+             f"  {'corruption':<16}" + "".join(f"{'sev ' + str(s):>8}" for s in severities)
+             + f"{'mean':>8}{'± se':>7}{'flips':>7}"]
+    for row in shift["corruptions"]:
+        cells = {c["severity"]: c["accuracy_drop_pp"] for c in shift["cells"]
+                 if c["corruption"] == row["corruption"]}
+        lines.append(f"  {row['corruption']:<16}" + "".join(f"{cells[s]:>8.2f}" for s in severities)
+                     + f"{row['accuracy_drop_pp']:>8.2f}{row['accuracy_drop_se_pp']:>7.2f}"
+                     f"{row['flip_fraction']:>7.3f}")
+    s = shift["summary"]
+    lines.append(f"  {'overall':<16}" + " " * 8 * len(severities) + f"{s['accuracy_drop_pp']:>8.2f}"
+                 f"{s['accuracy_drop_se_pp']:>7.2f}{s['flip_fraction']:>7.3f}")
+    return "\n".join(lines)
 
 
 def speed_line(variant: str, speed: dict) -> str:
