@@ -35,6 +35,9 @@ BENCHES = {
                              "goal", "goal_met", "judged_at"}),
     "check_matrix": (True, {"float_verification_accuracy", "sound_recipe", "cases", "correct",
                             "caught_only_by_features", "damaged_tap"}),
+    "disagreement": (True, {"results", "budget_grey_levels", "float32_self_disagreement", "float32_self_zero",
+                            "goal_met"}),
+    "feature_value": (True, {"cases", "correlations", "partial_features_given_others", "verdict", "timing"}),
     "dlib_port": (True, {"images", "min_cosine_to_dlib", "mean_cosine_to_dlib", "verification_accuracy",
                          "dlib_verification_accuracy", "params", "int8"}),
 }
