@@ -54,20 +54,27 @@ def add_parser(subparsers) -> None:
     p.add_argument("--feature-subspace", type=positive_int, default=3, metavar="N",
                    help="the feature level's subspace: the N x N lowest DCT frequencies per channel "
                         "(default 3)")
-    p.add_argument("--no-features", action="store_true",
-                   help="skip the feature statistics (the probe's plan by finite differences; the slowest)")
-    p.add_argument("--disagreement", action="store_true",
+    from ..check import CheckOptions
+
+    on = {name: getattr(CheckOptions, name) for name in ("features", "disagreement", "shift")}
+    p.add_argument("--features", action=argparse.BooleanOptionalAction, default=on["features"],
+                   help="the feature statistics: the probe's plan by finite differences on the float and the "
+                        "quantized probe file (change correlation, gradient cosine, saturation; the slowest "
+                        f"level; default {'on' if on['features'] else 'off'}: see docs/check.md)")
+    p.add_argument("--disagreement", action=argparse.BooleanOptionalAction, default=on["disagreement"],
                    help="the disagreement ascent: from real check faces, the worst float-vs-quantized "
                         "embedding cosine that finite-difference ascent finds within --budget grey levels, "
-                        "beside 100 random perturbations of the same budget (on the host and every board)")
+                        "beside 100 random perturbations of the same budget (on the host and every board; "
+                        f"default {'on' if on['disagreement'] else 'off'})")
     p.add_argument("--disagreement-images", type=positive_int, default=2, metavar="N",
                    help="start faces of the disagreement ascent (default 2)")
     p.add_argument("--budget", type=float, default=8.0, metavar="GREY",
                    help="the disagreement ascent's L-infinity budget in grey levels (default 8)")
-    p.add_argument("--shift", action="store_true",
+    p.add_argument("--shift", action=argparse.BooleanOptionalAction, default=on["shift"],
                    help="identities under shift: float vs quantized deploy file on corrupted copies of the "
                         "check faces (low light, over-exposure, contrast, noise, blur, JPEG, occlusion, "
-                        "rotation; 3 severities), judged by the [shift] thresholds")
+                        f"rotation; 3 severities), judged by the [shift] thresholds (default "
+                        f"{'on' if on['shift'] else 'off'})")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="export with these taps' blocks kept float")
     p.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                                token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args),
                                search=args.search, price_on=args.price_on,
                                sample=args.sample, feature_images=args.feature_images,
-                               features=not args.no_features, subspace_size=args.feature_subspace,
+                               features=args.features, subspace_size=args.feature_subspace,
                                disagreement=args.disagreement, disagreement_images=args.disagreement_images,
                                budget=args.budget, shift=args.shift, seed=args.seed)
         report = run_check(args.model, args.out, recipe=None if args.quantized else recipe_from_args(args),
