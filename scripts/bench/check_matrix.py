@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             gate.write_text(OPEN_GATE)
         opts = CheckOptions(data=args.data, identities=args.check_identities, sample=args.sample,
-                            steps=args.steps, thresholds=gate if args.quick else None, shift=True,
-                            disagreement=True)
+                            steps=args.steps, thresholds=gate if args.quick else None, features=True,
+                            shift=True, disagreement=True)
         thresholds = load_thresholds(opts.thresholds)
         overrides = args.set or ["width=0.5"]
         model_path = (Path(args.model) if args.model
