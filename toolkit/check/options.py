@@ -27,8 +27,9 @@ class CheckOptions:
     "on-fail", "always", "never" ("exhaustive": every candidate, for the full table), its recipes priced on
     ``price_on`` ("host" or an agent URL; default: the first agent, else the host). How much is
     measured: faces at the tap level (``sample``), the feature statistics (``features``, off by default;
-    their start images, DCT subspace size and steps: ``feature_images``, ``subspace_size``, ``steps``), the disagreement ascent (``disagreement``, from ``disagreement_images`` faces within
-    ``budget`` grey levels), identities under shift (``shift``), and the ``seed`` of every draw.
+    their start images, DCT subspace size and steps: ``feature_images``, ``subspace_size``, ``steps``),
+    the disagreement ascent (``disagreement``, from ``disagreement_images`` faces within ``budget`` grey
+    levels), identities under shift (``shift``), and the ``seed`` of every draw.
     """
 
     data: str | os.PathLike | None = None

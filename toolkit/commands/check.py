@@ -16,11 +16,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "check", help="pre-release check: does the quantized model keep the features? (exit 0 = pass)",
         description="Export (or re-export) MODEL's quantized VARIANT and compare it with the float model on "
-                    "the host interpreter and on every board agent named, at three levels: taps (SQNR, "
-                    "cosine, RMSE/scale per pre-activation tap), features (the probe's default plan by "
-                    "finite differences on the float and the quantized TFLite with the same perturbations, "
-                    "and the full-gradient ascent re-scored on the quantized model) and identities "
-                    "(embedding cosine, verification float vs quantized on the same pairs, decision flips). "
+                    "the host interpreter and on every board agent named: taps (SQNR, cosine, RMSE/scale "
+                    "per pre-activation tap) and identities (embedding cosine, verification float vs "
+                    "quantized on the same pairs, decision flips); with --shift identities on corrupted "
+                    "faces too, with --disagreement the worst embedding disagreement an ascent finds "
+                    "within a small budget, with --features the feature statistics (the probe's plan by "
+                    "finite differences on the float and the quantized TFLite). "
                     "Identities are scored with the deploy file (what ships), on the host and on every "
                     "board. When the check fails (or with --search) it tries quantization recipes in "
                     "order of cost and writes the cheapest that passes as a recipe file. Writes "
