@@ -72,8 +72,8 @@ def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
     from toolkit.export import Calibration, Recipe
 
     plain = Recipe("int8", calibration=Calibration(images=args.data, identities=args.calibration_identities))
-    report = run_check(model_path, out, recipe=plain, options=replace(opts, features=False, search="on-fail"),
-                       progress=False)
+    judged = replace(opts, features=False, shift=False, disagreement=False, search="on-fail")
+    report = run_check(model_path, out, recipe=plain, options=judged, progress=False)
     if report["passed"]:
         return plain
     rows = (report.get("search") or {}).get("rows", [])
