@@ -16,11 +16,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "check", help="pre-release check: does the quantized model keep the features? (exit 0 = pass)",
         description="Export (or re-export) MODEL's quantized VARIANT and compare it with the float model on "
-                    "the host interpreter and on every board agent named, at three levels: taps (SQNR, "
-                    "cosine, RMSE/scale per pre-activation tap), features (the probe's default plan by "
-                    "finite differences on the float and the quantized TFLite with the same perturbations, "
-                    "and the full-gradient ascent re-scored on the quantized model) and identities "
-                    "(embedding cosine, verification float vs quantized on the same pairs, decision flips). "
+                    "the host interpreter and on every board agent named: taps (SQNR, cosine, RMSE/scale "
+                    "per pre-activation tap) and identities (embedding cosine, verification float vs "
+                    "quantized on the same pairs, decision flips); with --shift identities on corrupted "
+                    "faces too, with --disagreement the worst embedding disagreement an ascent finds "
+                    "within a small budget, with --features the feature statistics (the probe's plan by "
+                    "finite differences on the float and the quantized TFLite). "
                     "Identities are scored with the deploy file (what ships), on the host and on every "
                     "board. When the check fails (or with --search) it tries quantization recipes in "
                     "order of cost and writes the cheapest that passes as a recipe file. Writes "
@@ -73,7 +74,27 @@ def add_parser(subparsers) -> None:
     p.add_argument("--feature-subspace", type=positive_int, default=3, metavar="N",
                    help="the feature level's subspace: the N x N lowest DCT frequencies per channel "
                         "(default 3)")
-    p.add_argument("--no-features", action="store_true", help="skip the feature level (the slowest)")
+    from ..check import CheckOptions
+
+    on = {name: getattr(CheckOptions, name) for name in ("features", "disagreement", "shift")}
+    p.add_argument("--features", action=argparse.BooleanOptionalAction, default=on["features"],
+                   help="the feature statistics: the probe's plan by finite differences on the float and the "
+                        "quantized probe file (change correlation, gradient cosine, saturation; the slowest "
+                        f"level; default {'on' if on['features'] else 'off'}: see docs/check.md)")
+    p.add_argument("--disagreement", action=argparse.BooleanOptionalAction, default=on["disagreement"],
+                   help="the disagreement ascent: from real check faces, the worst float-vs-quantized "
+                        "embedding cosine that finite-difference ascent finds within --budget grey levels, "
+                        "beside 100 random perturbations of the same budget (on the host and every board; "
+                        f"default {'on' if on['disagreement'] else 'off'})")
+    p.add_argument("--disagreement-images", type=positive_int, default=2, metavar="N",
+                   help="start faces of the disagreement ascent (default 2)")
+    p.add_argument("--budget", type=float, default=8.0, metavar="GREY",
+                   help="the disagreement ascent's L-infinity budget in grey levels (default 8)")
+    p.add_argument("--shift", action=argparse.BooleanOptionalAction, default=on["shift"],
+                   help="identities under shift: float vs quantized deploy file on corrupted copies of the "
+                        "check faces (low light, over-exposure, contrast, noise, blur, JPEG, occlusion, "
+                        f"rotation; 3 severities), judged by the [shift] thresholds (default "
+                        f"{'on' if on['shift'] else 'off'})")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="TAP",
                    help="export with these taps' blocks kept float")
     p.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
@@ -127,8 +148,9 @@ def options_from_args(args: argparse.Namespace):
                         token=args.token or os.environ.get(TOKEN_ENV), trust=agent_trust(args),
                         search=args.search, price_on=args.price_on,
                         sample=args.sample, feature_images=args.feature_images,
-                        features=not args.no_features, subspace_size=args.feature_subspace,
-                        seed=args.seed)
+                        features=args.features, subspace_size=args.feature_subspace,
+                        disagreement=args.disagreement, disagreement_images=args.disagreement_images,
+                        budget=args.budget, shift=args.shift, seed=args.seed)
 
 
 # Flags of the Keras path that a TFLite pair has no use for (it has no source model to export from).
@@ -215,6 +237,15 @@ def print_summary(report: dict, out: str) -> None:
                 value = "not measured" if v["value"] is None else f"{v['value']:.4g}"
                 print(f"  failed on {board['name']}: {v['name']} {value} "
                       f"(needs {'>=' if v['direction'] == 'min' else '<='} {v['threshold']:g})")
+    host = report["boards"][0]
+    if host.get("shift"):
+        print(shift_table(host["shift"]))
+    if host.get("disagreement"):
+        d = host["disagreement"]["summary"]
+        ratio = "n/a" if d["ratio"] is None else f"{d['ratio']:.2f}x"
+        print(f"  disagreement within {d['budget_grey_levels']:g} grey levels: worst embedding cosine found "
+              f"{d['worst_case_embedding_cosine']:.4f} by ascent, {d['random_worst_cosine']:.4f} by "
+              f"{d['random_tries']} random tries per face (the ascent finds {ratio} chance's disagreement)")
     for board in report["boards"]:
         c = board["info"].get("deploy", {})
         print(f"  {board['name']}: {c.get('runtime')} {c.get('runtime_version')}, {c.get('kernels')} "
@@ -229,6 +260,24 @@ def print_summary(report: dict, out: str) -> None:
               f"matched {pair['taps_matched']} (by {', '.join(by)})")
         print(f"  fix search {summary['fix_search']}")
     print(f"  report: {out}/report.html")
+
+
+def shift_table(shift: dict) -> str:
+    """Identities under shift on the host: the accuracy drop per corruption and severity."""
+    severities = sorted({c["severity"] for c in shift["cells"]})
+    lines = ["  identities under shift (accuracy drop float - quantized, pp, per severity; mean ± se):",
+             f"  {'corruption':<16}" + "".join(f"{'sev ' + str(s):>8}" for s in severities)
+             + f"{'mean':>8}{'± se':>7}{'flips':>7}"]
+    for row in shift["corruptions"]:
+        cells = {c["severity"]: c["accuracy_drop_pp"] for c in shift["cells"]
+                 if c["corruption"] == row["corruption"]}
+        lines.append(f"  {row['corruption']:<16}" + "".join(f"{cells[s]:>8.2f}" for s in severities)
+                     + f"{row['accuracy_drop_pp']:>8.2f}{row['accuracy_drop_se_pp']:>7.2f}"
+                     f"{row['flip_fraction']:>7.3f}")
+    s = shift["summary"]
+    lines.append(f"  {'overall':<16}" + " " * 8 * len(severities) + f"{s['accuracy_drop_pp']:>8.2f}"
+                 f"{s['accuracy_drop_se_pp']:>7.2f}{s['flip_fraction']:>7.3f}")
+    return "\n".join(lines)
 
 
 def speed_line(variant: str, speed: dict) -> str:
