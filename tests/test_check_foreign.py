@@ -118,6 +118,15 @@ def test_float16_pair_passes_and_damaged_pair_fails(pair, tmp_path, capsys):
     code, good = _check(capsys, tmp_path / "f16", pair["float16"], pair["float32"])
     assert code == 0, good
     assert good["passed"] and good["failed_checks"] == []
+    # The levels off the clean faces run on a pair too: the float file is the shift suite's reference
+    # and the disagreement ascent's other file.
+    code, judged = _check(capsys, tmp_path / "levels", pair["int8"], pair["float32"], "--shift",
+                          "--disagreement", "--disagreement-images", "1")
+    assert code in (0, 1), judged
+    report = json.loads((tmp_path / "levels" / "check" / "report.json").read_text())
+    host = report["boards"][0]
+    assert host["shift"]["summary"]["cells"] == len(host["shift"]["cells"]) > 0
+    assert 0 < host["disagreement"]["summary"]["worst_case_embedding_cosine"] <= 1
     code, bad = _check(capsys, tmp_path / "bad", pair["damaged"], pair["float32"])
     assert code == 1
     assert any(c.startswith("host:worst_tap") for c in bad["failed_checks"])

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device.plan import ProbePlan, ProbeResult
 
 from .boards import Board
+from .options import CheckOptions
+
+if TYPE_CHECKING:  # judging imports this module
+    from .judging import CheckData
 
 BUDGET_GREY_LEVELS = 8.0
 STEPS = 10
@@ -27,6 +32,14 @@ class DisagreementSpec:
 
     plan: ProbePlan
     reference: Path
+
+
+def disagreement_spec(data: CheckData, reference: Path, opts: CheckOptions) -> DisagreementSpec:
+    """The disagreement ascent from the first ``opts.disagreement_images`` tap-level faces of ``data``,
+    against the float32 deploy file ``reference``."""
+    images = data.images[data.sample[:opts.disagreement_images]]
+    return DisagreementSpec(disagreement_plan(images, data.normalization, opts.budget, seed=opts.seed),
+                            reference)
 
 
 def disagreement_plan(images: np.ndarray, normalization: dict, budget: float = BUDGET_GREY_LEVELS,

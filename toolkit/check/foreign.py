@@ -24,6 +24,7 @@ from ..export import Recipe
 from ..foreign.pair import ForeignPair, prepare_pair
 from ..probe.reference import TFLiteReference
 from .boards import Board, LocalBoard
+from .disagreement import DisagreementSpec, disagreement_spec
 from .gate import load_thresholds
 from .judging import BoardResult, CheckData, check_board
 from .levels import FeatureReference, feature_reference, tap_scales
@@ -40,6 +41,7 @@ from .runner import (
     validate_out_dir,
     write_report,
 )
+from .shift import shifted_faces
 
 KNOBS = "docs/foreign.md"
 SEARCH_OFF = ("off: the fix search re-exports from a source model, and a pair converted elsewhere has none. "
@@ -56,10 +58,15 @@ class ForeignSession:
     thresholds: dict
     float32: dict[str, Path]
 
-    def judge(self, board: Board, files: dict[str, Path], reference: FeatureReference | None = None
-              ) -> BoardResult:
+    def disagreement(self, opts: CheckOptions) -> DisagreementSpec:
+        """The disagreement ascent against the float file."""
+        return disagreement_spec(self.data, self.float32["deploy"], opts)
+
+    def judge(self, board: Board, files: dict[str, Path], reference: FeatureReference | None = None,
+              disagreement: DisagreementSpec | None = None) -> BoardResult:
         scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
-        return check_board(self.reference, board, self.data, scales, self.thresholds, reference)
+        return check_board(self.reference, board, self.data, scales, self.thresholds, reference,
+                           disagreement)
 
 
 def run_foreign_check(float_path: str | os.PathLike, quantized_path: str | os.PathLike,
@@ -85,8 +92,10 @@ def run_foreign_check(float_path: str | os.PathLike, quantized_path: str | os.Pa
     rng = np.random.default_rng(opts.seed)
     sample = np.sort(rng.choice(len(faces.labels), min(opts.sample, len(faces.labels)), replace=False))
     images = normalize(faces.images, norm)
+    shifted = (shifted_faces(lambda x: float_board.embeddings(normalize(x, norm)), norm, faces.images,
+                             opts.seed) if opts.shift else None)
     data = CheckData(faces, images, float_board.embeddings(images),
-                     make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample)
+                     make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample, norm, shifted)
     float_accuracy = float_verification(data)
     recipe = Recipe(pair.variant)
     base = report_base(pair, norm, data, source, thresholds, float_accuracy)

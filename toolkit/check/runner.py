@@ -105,7 +105,9 @@ def prepare_data(model, meta: dict, faces: FaceSet, opts: CheckOptions) -> Check
     rng = np.random.default_rng(opts.seed)
     sample_idx = np.sort(rng.choice(len(faces.labels), min(opts.sample, len(faces.labels)), replace=False))
     images = normalize(faces.images, meta["normalization"])
-    shifted = shifted_faces(model, meta, faces.images, opts.seed) if opts.shift else None
+    norm = meta["normalization"]
+    shifted = (shifted_faces(lambda x: embed(model, x, normalization=norm), norm, faces.images, opts.seed)
+               if opts.shift else None)
     return CheckData(faces, images, embed(model, faces.images, normalization=meta["normalization"]),
                      make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample_idx,
                      meta["normalization"], shifted)

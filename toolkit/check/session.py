@@ -14,7 +14,7 @@ from device.manifest import load_manifest, manifest_path_for
 
 from ..export import Recipe, export_keras
 from .boards import Board, LocalBoard
-from .disagreement import DisagreementSpec, disagreement_plan
+from .disagreement import DisagreementSpec, disagreement_spec
 from .judging import BoardResult, CheckData, check_board
 from .levels import FeatureReference, feature_reference, tap_scales
 from .options import CheckOptions
@@ -49,11 +49,8 @@ class CheckSession:
         return feature_reference(self.model, float_board, images, opts.subspace_size, opts.steps)
 
     def disagreement(self, opts: CheckOptions) -> DisagreementSpec:
-        """The disagreement ascent from the first ``opts.disagreement_images`` tap-level faces, against the
-        float32 deploy file."""
-        images = self.data.images[self.data.sample[:opts.disagreement_images]]
-        plan = disagreement_plan(images, self.meta["normalization"], opts.budget, seed=opts.seed)
-        return DisagreementSpec(plan, self.float32["deploy"])
+        """The disagreement ascent against the float32 deploy file."""
+        return disagreement_spec(self.data, self.float32["deploy"], opts)
 
     def judge(self, board: Board, files: dict[str, Path], reference: FeatureReference | None = None,
               disagreement: DisagreementSpec | None = None) -> BoardResult:

@@ -10,13 +10,13 @@ cells first: the cells share their pairs, so they are not independent draws).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..data import Pairs, normalize
 from ..data.shift import SEVERITIES, shift_suite
-from ..evaluate import embed
 from .boards import Board
 from .levels import identity_level
 
@@ -31,11 +31,11 @@ class ShiftedFaces:
     float_embeddings: np.ndarray
 
 
-def shifted_faces(model, meta: dict, images: np.ndarray, seed: int = 0,
-                  severities=SEVERITIES) -> list[ShiftedFaces]:
-    """Every corruption cell of uint8 ``images`` with the float Keras model's embeddings, computed once."""
-    norm = meta["normalization"]
-    return [ShiftedFaces(name, s, normalize(x, norm), embed(model, x, normalization=norm))
+def shifted_faces(float_embeddings: Callable[[np.ndarray], np.ndarray], norm: dict, images: np.ndarray,
+                  seed: int = 0, severities=SEVERITIES) -> list[ShiftedFaces]:
+    """Every corruption cell of uint8 ``images`` with the float model's embeddings (``float_embeddings``
+    of uint8 images: the Keras model's, or a float TFLite file's), computed once."""
+    return [ShiftedFaces(name, s, normalize(x, norm), float_embeddings(x))
             for name, s, x in shift_suite(images, seed=seed, severities=severities)]
 
 
