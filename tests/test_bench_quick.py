@@ -35,8 +35,9 @@ BENCHES = {
                              "goal", "goal_met", "judged_at"}),
     "check_matrix": (True, {"float_verification_accuracy", "sound_recipe", "cases", "correct",
                             "caught_only_by_features", "damaged_tap"}),
-    "foreign_pair": (True, {"pairs", "float16", "known_bad", "sqnr_gap_db", "checked_end_to_end",
-                            "known_bad_caught", "float16_passed", "goal", "goal_met", "settings", "seconds"}),
+    "foreign_pair": (True, {"pairs", "float16", "known_bad", "sqnr_gap_db", "sqnr_gap_db_same_tensors",
+                            "checked_end_to_end", "known_bad_caught", "float16_passed", "goal", "goal_met",
+                            "settings", "seconds"}),
     "dlib_port": (True, {"images", "min_cosine_to_dlib", "mean_cosine_to_dlib", "verification_accuracy",
                          "dlib_verification_accuracy", "params", "int8"}),
 }
