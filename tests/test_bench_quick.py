@@ -39,8 +39,9 @@ BENCHES = {
     "disagreement": (True, {"results", "budget_grey_levels", "float32_self_disagreement", "float32_self_zero",
                             "goal_met"}),
     "feature_value": (True, {"cases", "correlations", "partial_features_given_others", "verdict", "timing"}),
-    "foreign_pair": (True, {"pairs", "float16", "known_bad", "sqnr_gap_db", "checked_end_to_end",
-                            "known_bad_caught", "float16_passed", "goal", "goal_met", "settings", "seconds"}),
+    "foreign_pair": (True, {"pairs", "float16", "known_bad", "sqnr_gap_db", "sqnr_gap_db_same_tensors",
+                            "checked_end_to_end", "known_bad_caught", "float16_passed", "goal", "goal_met",
+                            "settings", "seconds"}),
     "dlib_port": (True, {"images", "min_cosine_to_dlib", "mean_cosine_to_dlib", "verification_accuracy",
                          "dlib_verification_accuracy", "params", "int8"}),
 }

@@ -155,7 +155,7 @@ class TFLiteGraph:
             rf = min(rf, height)
             for out in op.outputs:
                 geometry[int(out)] = (stride, rf)
-            if name not in TAPPABLE or len(op.outputs) != 1:
+            if name not in TAPPABLE or len(op.outputs) != 1 or self.is_activation(op):
                 continue
             out = int(op.outputs[0])
             shape = self.shape(out)
@@ -173,13 +173,37 @@ class TFLiteGraph:
         """Whether an activation op reads ``tensor``, directly or through a (de)quantize: a quantizer that
         leaves the activation in float puts one between."""
         for op in consumers.get(tensor, []):
-            name = self.op_name(op)
-            if name in ACTIVATIONS:
+            if self.is_activation(op):
                 return True
-            if name in ("QUANTIZE", "DEQUANTIZE") and any(
-                    self.op_name(c) in ACTIVATIONS for c in consumers.get(int(op.outputs[0]), [])):
+            if self.op_name(op) in ("QUANTIZE", "DEQUANTIZE") and any(
+                    self.is_activation(c) for c in consumers.get(int(op.outputs[0]), [])):
                 return True
         return False
+
+    def is_activation(self, op) -> bool:
+        """An activation op, or an ADD of a constant zero with a fused activation: that activation alone
+        (faceprobe's own int8 probe files write each int8 ReLU so, for XNNPACK; toolkit/export/graph.py)."""
+        name = self.op_name(op)
+        if name in ACTIVATIONS:
+            return True
+        return (name == "ADD" and self.fused(op) and len(op.inputs) == 2
+                and any(self.constant_zero(int(i)) for i in op.inputs))
+
+    def constant_zero(self, index: int) -> bool:
+        """Whether tensor ``index`` is a constant whose every value is 0.0 (its zero point, if quantized)."""
+        tensor = self.graph.tensors[index]
+        data = self.model.buffers[tensor.buffer].data if tensor.buffer else None
+        if data is None or not len(data):
+            return False
+        types = self.schema.TensorType
+        dtype = {types.INT8: np.int8, types.UINT8: np.uint8, types.INT16: np.int16, types.INT32: np.int32,
+                 types.FLOAT32: np.float32, types.FLOAT16: np.float16}.get(tensor.type)
+        if dtype is None:
+            return False
+        values = np.asarray(data, np.uint8).view(dtype).astype(np.float64)
+        zero_point = tensor.quantization.zeroPoint if tensor.quantization is not None else None
+        zero = float(zero_point[0]) if zero_point is not None and len(zero_point) else 0.0
+        return bool(np.all(values == zero))
 
     def named(self, names: list[str]) -> list[Candidate]:
         """The candidates ``--tap`` names (any 4-D tensor's name in the file), in graph order."""
