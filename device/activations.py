@@ -47,8 +47,8 @@ def tap_activations(
         out = runtime.run(images[start:start + batch_size])
         for t in names:
             chunks[t].append(out[runtime.taps[t]["key"]])
-        if "embedding" in out:
-            embeddings.append(out["embedding"])
+        if runtime.embedding_key:
+            embeddings.append(out[runtime.embedding_key])
     values = {t: np.concatenate(chunks[t]) for t in names}
     stats = {t: tap_statistics(values[t], runtime.taps[t]) for t in names}
     return Activations(values, stats, np.concatenate(embeddings) if embeddings else None)
@@ -67,8 +67,11 @@ def tap_statistics(values: np.ndarray, entry: dict) -> dict:
     }
     if entry.get("int8"):
         codes = int8_codes(v, entry["int8"])
-        stats["saturation"] = float(np.mean((codes <= -128) | (codes >= 127)))
         stats["saturation_high"] = float(np.mean(codes >= 127))
+        # A post-activation tap (a ReLU fused into its conv, in a file converted elsewhere) sits at the
+        # low limit wherever the ReLU gave zero: only the high limit is saturation there.
+        stats["saturation"] = (stats["saturation_high"] if entry.get("post_activation")
+                               else float(np.mean((codes <= -128) | (codes >= 127))))
     return stats
 
 

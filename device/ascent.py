@@ -20,6 +20,13 @@ autodiff probe computes the same projection exactly, so both halves are compared
   resized at most when the step's total changes. Ascents that share an image and a basis (all
   targets of an image at step 0) share their perturbed copies: every target's objective is read from
   the same outputs.
+- Disagreement (a plan whose objective is ``disagreement``): every row runs on two files, the probed one
+  and the ``reference`` (the float file), and its objective is their cosine distance, 1 - cos, written
+  0.5 * ||u - v||^2 for unit vectors u, v so that two equal outputs give exactly 0. The steps stay within
+  the budget around the start image; the image kept is the one with the largest distance seen (the ascent
+  need not rise at every step). With ``control`` > 0 the same budget is also spent on that many random
+  perturbations per image (random subspace directions and random pixel signs, each at the full budget)
+  and the largest distance they reach is reported beside the ascent's (``meta["control"]``).
 """
 
 from __future__ import annotations
@@ -77,10 +84,56 @@ def validate_board_plan(plan: ProbePlan) -> None:
 
 @dataclass
 class _Target:
-    key: str  # output key of the tap
+    key: str  # output key of the tap (of the compared output, for a disagreement objective)
     channel: int
     position: list[int] | None  # unit objective position, None for the channel mean
     basis_id: str
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - cos per row of two (n, ...) arrays, as 0.5 * ||u - v||^2 of the unit rows: exactly 0 when equal."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    u = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+    v = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
+    return 0.5 * np.sum((u - v) ** 2, axis=1)
+
+
+def _output_key(runtime, plan: ProbePlan) -> str:
+    """The output a disagreement plan compares."""
+    if plan.objective["measure"] == "tap":
+        return tap_output_key(runtime, plan.objective["tap"])
+    return "embedding"
+
+
+def _scorer(runtime, plan: ProbePlan, targets: list[_Target], reference=None):
+    """batch -> objective of every target on every image of the batch, (b, targets)."""
+    if not plan.disagreement:
+        def score(batch: np.ndarray) -> np.ndarray:
+            out = runtime.run(batch)
+            return np.stack([_objective(np.asarray(out[t.key]), t) for t in targets], axis=1)
+        return score
+    key, ref_key = _output_key(runtime, plan), _output_key(reference, plan)
+
+    def distance(batch: np.ndarray) -> np.ndarray:
+        return cosine_distance(runtime.run(batch)[key], reference.run(batch)[ref_key])[:, None]
+    return distance
+
+
+def check_reference(runtime, reference, plan: ProbePlan) -> None:
+    """Refuse a disagreement plan without a reference, or with one that does not compute the same output."""
+    if reference is None:
+        raise ValueError("a disagreement plan compares two files: run it with the reference file "
+                         "(objective.reference names it on a board)")
+    if tuple(reference.input_shape) != tuple(runtime.input_shape):
+        raise ValueError(f"the reference file's input {tuple(reference.input_shape)} differs from the probed "
+                         f"file's {tuple(runtime.input_shape)}")
+    if plan.objective["measure"] == "tap":
+        tap = plan.objective["tap"]
+        if tap not in reference.taps or tap not in runtime.taps:
+            raise ValueError(f"objective.tap {tap!r} must be a tap of both files (pass their probe files)")
+    elif not ("embedding" in runtime.output_keys and "embedding" in reference.output_keys):
+        raise ValueError("measure 'embedding' needs an embedding output in both files")
 
 
 def _objective(values: np.ndarray, target: _Target) -> np.ndarray:
@@ -93,6 +146,11 @@ def _objective(values: np.ndarray, target: _Target) -> np.ndarray:
 
 def _prepare_targets(runtime, plan: ProbePlan) -> tuple[list[_Target], dict[str, np.ndarray]]:
     """Per target: output key, objective position and its basis (shared between targets that agree)."""
+    if plan.disagreement:
+        spec = dict(plan.subspace)
+        basis_id = json.dumps(spec, sort_keys=True)
+        return ([_Target(_output_key(runtime, plan), 0, None, basis_id)],
+                {basis_id: subspace.make_basis(spec, plan.image_shape)})
     targets, bases = [], {}
     for t in plan.targets:
         entry = runtime.taps[t["tap"]]
@@ -115,8 +173,8 @@ class _Batcher:
     (images x targets x (2k + 1)) rows, and their maps would need far more memory than the model.
     """
 
-    def __init__(self, runtime, targets: list[_Target], max_batch: int):
-        self.runtime, self.targets, self.max_batch = runtime, targets, max_batch
+    def __init__(self, score, targets: list[_Target], max_batch: int):
+        self.score, self.targets, self.max_batch = score, targets, max_batch
         self.invocations = 0
         self.seconds = 0.0  # inside the interpreter: the floor an ascent step cannot go below
 
@@ -134,33 +192,36 @@ class _Batcher:
                 batch[b] = images[i] if d < 0 else images[i] + s * directions[g][d]
             batch[len(chunk):] = batch[0]  # padding keeps one interpreter shape per step
             started = time.perf_counter()
-            out = self.runtime.run(batch)
+            scores = self.score(batch)
             self.seconds += time.perf_counter() - started
             self.invocations += 1
-            at = slice(c * size, c * size + len(chunk))
-            for j, t in enumerate(self.targets):
-                objectives[at, j] = _objective(np.asarray(out[t.key])[:len(chunk)], t)
+            objectives[c * size:c * size + len(chunk)] = scores[:len(chunk)]
         return objectives
 
 
-def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> ProbeResult:
-    """Run ``plan`` on ``runtime`` (a ``device.runtime.Runtime``) by finite differences in its subspace."""
+def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH, reference=None) -> ProbeResult:
+    """Run ``plan`` on ``runtime`` (a ``device.runtime.Runtime``) by finite differences in its subspace
+    (``reference``: the second runtime of a disagreement plan)."""
     validate_board_plan(plan)
     plan.validate(runtime.taps, runtime.input_shape)
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if plan.disagreement:
+        check_reference(runtime, reference, plan)
     targets, bases = _prepare_targets(runtime, plan)
     n, t_count, shape = len(plan.images), len(targets), plan.image_shape
     steps, fd = plan.steps, plan.finite_difference
     central = fd["scheme"] == "central"
-    peak = float(fd["epsilon_steps"]) * input_step(runtime)
+    # A perturbation must cross the coarser of the two input grids to be seen by both files.
+    peak = float(fd["epsilon_steps"]) * max(input_step(runtime), input_step(reference) if reference else 0.0)
     rng = np.random.default_rng(int(fd["seed"]))
-    batcher = _Batcher(runtime, targets, max_batch)
+    batcher = _Batcher(_scorer(runtime, plan, targets, reference), targets, max_batch)
     basis_ids = list(bases)
     k = bases[basis_ids[0]].shape[0]  # resolving a spec only moves a window, never changes k
     per_image = 1 + (2 * k if central else k)
 
     x = np.repeat(plan.images[:, None], t_count, axis=1)  # (n, T, H, W, C): one image per ascent
+    best = x.copy() if plan.disagreement else None  # the most disagreeing image seen per ascent
     objective = np.zeros((n, t_count, steps + 1))
     gradients = np.zeros((n, t_count, steps, k))
     step_norms = np.zeros((n, t_count, steps))
@@ -206,6 +267,8 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
                 gi = group_of[i, j]
                 f = out[gi * rows_each:(gi + 1) * rows_each, j]
                 objective[i, j, step] = f[0]
+                if best is not None and f[0] > objective[i, j, :step].max(initial=-np.inf):
+                    best[i, j] = x[i, j]
                 ranges[i, j, step] = (x[i, j].min(), x[i, j].max())
                 if last:
                     continue
@@ -217,7 +280,8 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
                 gradients[i, j, step] = rotations[b].T @ rotated  # back to the plan's basis
                 # Image-space direction Bᵀ(B·g) = Dᵀ(D·g) for the rotated rows D = R·B.
                 direction = (rotated @ directions[b].reshape(k, -1)).reshape(1, *shape)
-                x[i, j], rms = apply_step(x[i, j][None], direction, plan)
+                start = plan.images[i][None] if plan.disagreement else None
+                x[i, j], rms = apply_step(x[i, j][None], direction, plan, start)
                 step_norms[i, j, step] = rms[0]
         invocations.append(batcher.invocations - before)
         evaluations.append(len(rows))
@@ -239,5 +303,35 @@ def run_plan(runtime, plan: ProbePlan, max_batch: int = DEFAULT_MAX_BATCH) -> Pr
         "interpreter_seconds_per_step": interpreter[:-1],
         "final_invocations": invocations[-1],
     }
-    return ProbeResult(objective=objective, final_images=x, step_norms=step_norms, meta=meta,
-                       gradients=gradients, ranges=ranges)
+    if plan.disagreement:
+        meta["disagreement"] = {"measure": plan.objective["measure"], "budget": plan.objective["budget"],
+                                "reference_runtime": reference.info(), "final_images": "most disagreeing"}
+        if plan.objective["control"]:
+            meta["control"] = random_control(batcher, plan, bases[basis_ids[0]], rng)
+    return ProbeResult(objective=objective, final_images=best if best is not None else x,
+                       step_norms=step_norms, meta=meta, gradients=gradients, ranges=ranges)
+
+
+def random_control(batcher: _Batcher, plan: ProbePlan, basis: np.ndarray, rng: np.random.Generator) -> dict:
+    """The disagreement budget spent on chance: per start image, ``objective.control`` random perturbations,
+    half along random directions of the plan's subspace, half of random pixel signs (the corners of the
+    L-infinity ball), each scaled to the full budget; the largest distance each family reaches."""
+    count, budget = int(plan.objective["control"]), float(plan.objective["budget"])
+    shape = plan.image_shape
+    families = {"subspace": count - count // 2, "sign": count // 2}
+    worst: dict[str, list[float]] = {f: [] for f in families}
+    for image in plan.images:
+        for family, m in families.items():
+            if not m:
+                worst[family].append(0.0)
+                continue
+            if family == "subspace":
+                d = rng.standard_normal((m, basis.shape[0])) @ basis.astype(np.float64)
+            else:
+                d = rng.choice((-1.0, 1.0), (m, int(np.prod(shape))))
+            d *= budget / np.abs(d).max(axis=1, keepdims=True)
+            tries = np.clip(image[None] + d.reshape(m, *shape).astype(np.float32), *plan.valid_range)
+            rows = [(i, 0, -1, 0.0) for i in range(m)]
+            worst[family].append(float(batcher.run(tries, [], rows)[:, 0].max()))
+    return {"count": count, "budget": budget, **{f"worst_{f}": v for f, v in worst.items()},
+            "worst": [max(a, b) for a, b in zip(*worst.values(), strict=True)]}

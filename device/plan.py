@@ -8,7 +8,16 @@ the final image, the applied step sizes, the image range and, in a subspace, the
 The step rule (``apply_step``) is defined here once so both halves take exactly the same step:
   raw         x <- x + alpha * d                      (the method; clipped only with options.clip)
   normalized  x <- clip(x + alpha * s * d / rms(d))   per image, s = NORMALIZED_STEP_RMS (recommended)
+  sign        x <- clip(x + alpha * s * sign(d))      the steepest step under an L-infinity bound (schema 2)
 where d is the ascent direction (the gradient, or its projection on the plan's subspace).
+
+Objectives: ``mean`` (a target channel's map mean), ``unit`` (one unit of it) and, since schema 2,
+``disagreement``: the cosine distance 1 - cos between what two files compute from the same image (the
+embedding, or one tap's map), maximised from each start image within an L-infinity ``budget`` (normalised
+units) around it. Such a plan has no targets (one ascent per image); ``reference`` names the second
+file (a model id on a board), ``measure`` what is compared (``embedding`` or ``tap`` with ``tap``), and
+``control`` how many random perturbations of the same budget the board also tries (the chance
+baseline). Schema 1 plans (no disagreement) still load.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ from . import subspace as _subspace
 from .fields import is_int, is_number, require, require_pair
 from .files import npz_bytes, read_json, write_atomic
 
-PLAN_SCHEMA = "faceprobe.probe-plan/1"
+PLAN_SCHEMA = "faceprobe.probe-plan/2"
+PLAN_SCHEMAS = ("faceprobe.probe-plan/1", PLAN_SCHEMA)  # every schema that still loads
 RESULT_SCHEMA = "faceprobe.probe-result/1"
-STEP_RULES = ("raw", "normalized")
-OBJECTIVES = ("mean", "unit")
+STEP_RULES = ("raw", "normalized", "sign")
+OBJECTIVES = ("mean", "unit", "disagreement")
+MEASURES = ("embedding", "tap")
 # Normalised pixel range of 0..255 under the default normalisation ((p - 127.5) / 128).
 DEFAULT_VALID_RANGE = (-127.5 / 128.0, 127.5 / 128.0)
 # Per-image RMS of one normalized step at alpha = 1, in normalised units (4 grey levels): 20 steps can move
@@ -36,21 +47,27 @@ DEFAULT_VALID_RANGE = (-127.5 / 128.0, 127.5 / 128.0)
 NORMALIZED_STEP_RMS = 1.0 / 32.0
 DEFAULT_OPTIONS = {"clip": False, "jitter": 0, "l2_decay": 0.0, "blur": 0.0}
 DEFAULT_FINITE_DIFFERENCE = {"epsilon_steps": 16.0, "seed": 0, "scheme": "central"}
+# A disagreement objective's defaults: the embedding, 8 grey levels under (p - 127.5) / 128, 100 random tries.
+DISAGREEMENT_DEFAULTS = {"measure": "embedding", "tap": None, "reference": None, "budget": 8.0 / 128.0,
+                         "control": 100}
+MAX_CONTROL = 10000
 
 
 def validate_plan_json(d: Any) -> None:
     """Type-check a plan document field by field (ValueError naming the field); values are checked later."""
     require(isinstance(d, dict), "the plan", "a JSON object", type(d).__name__)
-    if d.get("schema") != PLAN_SCHEMA:
-        raise ValueError(f"schema must be {PLAN_SCHEMA!r}, got {str(d.get('schema'))[:80]!r}")
+    if d.get("schema") not in PLAN_SCHEMAS:
+        raise ValueError(f"schema must be one of {', '.join(map(repr, PLAN_SCHEMAS))}, "
+                         f"got {str(d.get('schema'))[:80]!r}")
     if "targets" not in d:
         raise ValueError("targets is missing from the plan")
     require(isinstance(d["targets"], list), "targets", "a list", d["targets"])
     for i, t in enumerate(d["targets"]):
         require(isinstance(t, dict) and isinstance(t.get("tap"), str) and is_int(t.get("channel")),
                 f"targets[{i}]", "{'tap': str, 'channel': int}", t)
-    sections = {"objective": {"kind": str}, "options": {"clip": bool, "jitter": int},
-                "subspace": {"kind": str}, "finite_difference": {"seed": int, "scheme": str}}
+    sections = {"objective": {"kind": str, "measure": str, "control": int},
+                "options": {"clip": bool, "jitter": int}, "subspace": {"kind": str},
+                "finite_difference": {"seed": int, "scheme": str}}
     for name, types in sections.items():
         if name not in d:
             continue
@@ -63,8 +80,17 @@ def validate_plan_json(d: Any) -> None:
     for name, key in (("options", "l2_decay"), ("options", "blur"), ("finite_difference", "epsilon_steps")):
         if key in d.get(name, {}):
             require(is_number(d[name][key]), f"{name}.{key}", "a finite number", d[name][key])
-    if d.get("objective", {}).get("position") is not None:
-        require_pair(d["objective"]["position"], "objective.position")
+    objective = d.get("objective", {})
+    if objective.get("position") is not None:
+        require_pair(objective["position"], "objective.position")
+    if "budget" in objective:
+        require(is_number(objective["budget"]), "objective.budget", "a finite number", objective["budget"])
+    for key in ("tap", "reference"):
+        if objective.get(key) is not None:
+            require(isinstance(objective[key], str) and len(objective[key]) <= 256, f"objective.{key}",
+                    "a string", objective[key])
+    if objective.get("kind") == "disagreement" and d.get("schema") != PLAN_SCHEMA:
+        raise ValueError(f"objective.kind 'disagreement' needs schema {PLAN_SCHEMA!r}")
     sub = d.get("subspace", {})
     for key in ("size", "cells"):
         if key in sub:
@@ -77,6 +103,8 @@ def validate_plan_json(d: Any) -> None:
         require(is_number(d["step_size"]), "step_size", "a finite number", d["step_size"])
     if "step_rule" in d:
         require(isinstance(d["step_rule"], str), "step_rule", "a string", d["step_rule"])
+        if d["step_rule"] == "sign" and d.get("schema") != PLAN_SCHEMA:
+            raise ValueError(f"step_rule 'sign' needs schema {PLAN_SCHEMA!r}")
     if "valid_range" in d:
         require_pair(d["valid_range"], "valid_range", numbers=True)
     if "seed" in d.get("finite_difference", {}):
@@ -109,19 +137,27 @@ def step_scale(direction: np.ndarray, plan: ProbePlan) -> np.ndarray:
     d = np.asarray(direction, np.float64).reshape(len(direction), -1)
     if plan.step_rule == "raw":
         return np.full((len(d), 1, 1, 1), plan.step_size)
+    if plan.step_rule == "sign":  # applied to sign(d) by apply_step
+        return np.full((len(d), 1, 1, 1), plan.step_size * NORMALIZED_STEP_RMS)
     rms = np.sqrt(np.mean(d * d, axis=1))
     return (plan.step_size * NORMALIZED_STEP_RMS / np.maximum(rms, 1e-12)).reshape(-1, 1, 1, 1)
 
 
 def clips(plan: ProbePlan) -> bool:
-    """Whether ``plan`` keeps images inside the valid range (always for the normalized rule)."""
-    return plan.step_rule == "normalized" or bool(plan.options.get("clip"))
+    """Whether ``plan`` keeps images inside the valid range (always for the normalized and sign rules)."""
+    return plan.step_rule in ("normalized", "sign") or bool(plan.options.get("clip"))
 
 
-def apply_step(x: np.ndarray, direction: np.ndarray, plan: ProbePlan) -> tuple[np.ndarray, np.ndarray]:
-    """One step without the host-only extras: (new images, per-image RMS of the applied step)."""
+def apply_step(x: np.ndarray, direction: np.ndarray, plan: ProbePlan, start: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One step without the host-only extras: (new images, per-image RMS of the applied step); with
+    ``start``, the new images are kept within the plan's disagreement budget around it."""
     x = np.asarray(x, np.float32)
+    direction = np.sign(direction) if plan.step_rule == "sign" else direction
     new = x + (step_scale(direction, plan) * direction).astype(np.float32)
+    if start is not None:  # a disagreement ascent stays within its budget around the start image
+        budget = np.float32(plan.objective["budget"])
+        new = np.clip(new, start - budget, start + budget)
     if clips(plan):
         new = np.clip(new, *plan.valid_range)
     rms = np.sqrt(np.mean(np.square(new - x, dtype=np.float64).reshape(len(x), -1), axis=1))
@@ -147,6 +183,8 @@ class ProbePlan:
         self.images = np.asarray(self.images, np.float32)
         self.targets = [{"tap": str(t["tap"]), "channel": int(t["channel"])} for t in self.targets]
         self.objective = {"kind": "mean", "position": None, **self.objective}
+        if self.objective["kind"] == "disagreement":
+            self.objective = {**DISAGREEMENT_DEFAULTS, **self.objective}
         self.options = {**DEFAULT_OPTIONS, **self.options}
         self.finite_difference = {**DEFAULT_FINITE_DIFFERENCE, **self.finite_difference}
         self.valid_range = (float(self.valid_range[0]), float(self.valid_range[1]))
@@ -160,9 +198,21 @@ class ProbePlan:
         """Distinct taps of the targets, in first-seen order."""
         return list(dict.fromkeys(t["tap"] for t in self.targets))
 
+    @property
+    def disagreement(self) -> bool:
+        """Whether the plan maximises the disagreement of two files (one ascent per image, no targets)."""
+        return self.objective["kind"] == "disagreement"
+
+    @property
+    def ascents(self) -> int:
+        """Ascents per image: one per target, or one for a disagreement plan."""
+        return 1 if self.disagreement else len(self.targets)
+
     def validate(self, taps: dict[str, dict], image_shape: tuple[int, ...]) -> None:
         """Raise ValueError naming the field when the plan does not fit a model (``taps``, input shape)."""
-        if not self.targets:
+        if self.disagreement:
+            self._validate_disagreement(taps)
+        elif not self.targets:
             raise ValueError("targets is empty: list at least one {'tap': ..., 'channel': ...}")
         for i, t in enumerate(self.targets):
             if t["tap"] not in taps:
@@ -197,6 +247,24 @@ class ProbePlan:
         if self.valid_range[0] >= self.valid_range[1]:
             raise ValueError(f"valid_range must be [low, high] with low < high, got {self.valid_range}")
         _subspace.validate_subspace(self.subspace, want)
+
+    def _validate_disagreement(self, taps: dict[str, dict]) -> None:
+        o = self.objective
+        if self.targets:
+            raise ValueError("a disagreement plan has no targets (one ascent per image): leave targets empty")
+        if o["measure"] not in MEASURES:
+            raise ValueError(f"objective.measure must be one of {MEASURES}, got {o['measure']!r}")
+        if o["measure"] == "tap" and o.get("tap") not in taps:
+            raise ValueError(f"objective.tap {o.get('tap')!r} is not a tap of this model; "
+                             f"valid taps: {', '.join(taps)}")
+        if not (np.isfinite(o["budget"]) and o["budget"] > 0):
+            raise ValueError(f"objective.budget must be a positive number (L-infinity, normalised units), "
+                             f"got {o['budget']!r}")
+        if not (isinstance(o["control"], int) and 0 <= o["control"] <= MAX_CONTROL):
+            raise ValueError(f"objective.control must be an integer in 0..{MAX_CONTROL}, "
+                             f"got {o['control']!r}")
+        if o.get("position") is not None:
+            raise ValueError("objective.position does not apply to a disagreement objective")
 
     def to_json(self) -> dict:
         """The plan without its images, as a JSON-ready dict."""
@@ -282,7 +350,8 @@ class ProbeResult:
 
     def summary(self) -> dict:
         """JSON summary: the meta plus per-target objective start/end and step statistics."""
-        targets = self.plan_json.get("targets", [{}] * self.objective.shape[1])
+        targets = self.plan_json.get("targets") or [{"objective": self.plan_json.get("objective", {})
+                                                      .get("kind")}] * self.objective.shape[1]
         per_target = []
         for j, t in enumerate(targets):
             row = {**t, "objective_start": float(np.mean(self.objective[:, j, 0])),

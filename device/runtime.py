@@ -118,6 +118,9 @@ class Runtime:
         self._outputs = {o["key"]: o for o in self.manifest["outputs"]}
         self._check_signature()
         self.taps: dict[str, dict] = tap_entries(self.manifest)
+        # A file converted elsewhere names its embedding output as its converter did.
+        self.embedding_key: str | None = next(
+            (o["key"] for o in self.manifest["outputs"] if o["kind"] == "embedding"), None)
         self.input_shape: tuple[int, ...] = tuple(int(d) for d in self._input["shape"][1:])
         step = self._input["quantization_step"]
         self.input_scale: float | None = float(step["scale"]) if step else None

@@ -55,15 +55,16 @@ def validate_plan(plan: ProbePlan, kind: str, manifest: dict) -> None:
         validate_board_plan(plan)
 
 
-def run(runtime: Runtime, plan: ProbePlan, kind: str, max_batch: int = DEFAULT_MAX_BATCH
-        ) -> ProbeResult | dict[str, Any]:
-    """Run one job in-process: a ProbeResult for ``ascent``, an activations dict for ``activations``."""
+def run(runtime: Runtime, plan: ProbePlan, kind: str, max_batch: int = DEFAULT_MAX_BATCH,
+        reference: Runtime | None = None) -> ProbeResult | dict[str, Any]:
+    """Run one job in-process: a ProbeResult for ``ascent``, an activations dict for ``activations``
+    (``reference``: the second file a disagreement plan compares with)."""
     validate_plan(plan, kind, runtime.manifest)
     if kind == "ascent":
-        return run_ascent(runtime, plan, max_batch=max_batch)
+        return run_ascent(runtime, plan, max_batch=max_batch, reference=reference)
     meta = {"kind": kind, "runtime": runtime.info(), "plan": plan.to_json()}
     if kind == "embeddings":
-        embedding = np.concatenate([runtime.run(plan.images[i:i + max_batch])["embedding"]
+        embedding = np.concatenate([runtime.run(plan.images[i:i + max_batch])[runtime.embedding_key]
                                     for i in range(0, len(plan.images), max_batch)])
         return {"values": {}, "embedding": embedding, "stats": {}, "meta": meta}
     acts = tap_activations(runtime, plan.images, taps=plan.taps, batch_size=max_batch)
@@ -169,7 +170,7 @@ def plan_memory(kind: str, manifest: dict, plan: dict, image_count: int, image_s
         names = {str(t.get("tap")) for t in plan["targets"]} & set(taps)
         elems = sum(int(np.prod([d or 1 for d in taps[n]["shape"]])) for n in names)
         return 4 * (4 * image_count * elems + 2 * batch * pixels)
-    pairs = image_count * len(plan["targets"])
+    pairs = image_count * max(1, len(plan["targets"]))  # a disagreement plan: one ascent per image
     k = subspace_dims(plan.get("subspace", {"kind": "full"}), image_shape)
     unit = (plan.get("subspace", {}).get("kind") == "window"
             and plan.get("objective", {}).get("kind") == "unit")
@@ -177,14 +178,27 @@ def plan_memory(kind: str, manifest: dict, plan: dict, image_count: int, image_s
     steps = int(plan.get("steps", 20))
     # Current and final images with the step's group stack; bases with a step's float64 rotation and
     # float32 directions; the padded batch and its quantised copy; per-step records.
-    return 4 * pixels * (4 * pairs + 4 * bases * k + 2 * batch) + 8 * pairs * (steps + 1) * (k + 4)
+    need = 4 * pixels * (4 * pairs + 4 * bases * k + 2 * batch) + 8 * pairs * (steps + 1) * (k + 4)
+    if plan.get("objective", {}).get("kind") == "disagreement":
+        # The best images, a step's random-control tries (one chunk of them at a time) in float64.
+        need += 4 * pixels * pairs + 8 * pixels * min(int(plan["objective"].get("control", 100)), 2 * batch)
+    return need
+
+
+def disagreement_reference(plan: dict) -> str | None:
+    """The model id a disagreement plan compares with (None for any other plan)."""
+    objective = plan.get("objective", {})
+    return objective.get("reference") if objective.get("kind") == "disagreement" else None
 
 
 def run_job(tflite: str, manifest_path: str, plan_path: str, kind: str, result_path: str,
-            threads: int | None, kernels: str, max_batch: int) -> None:
-    """A job, start to finish, in a sandbox child: the result goes straight to ``result_path``."""
+            threads: int | None, kernels: str, max_batch: int, reference: tuple[str, str] | None = None
+            ) -> None:
+    """A job, start to finish, in a sandbox child: the result goes straight to ``result_path``
+    (``reference``: the second file's .tflite and manifest, for a disagreement plan)."""
     runtime = Runtime(tflite, manifest_path, threads=threads, kernels=kernels)
-    result = run(runtime, read_plan(plan_path), kind, max_batch)
+    second = Runtime(*reference, threads=threads, kernels=kernels) if reference else None
+    result = run(runtime, read_plan(plan_path), kind, max_batch, reference=second)
     write_atomic(result_path, encode(result))
 
 
@@ -214,6 +228,13 @@ class Task:
         if kind == "bench":
             return self._check_bench(model_id, archive)
         manifest, needs = self.store.manifest(model_id), self.store.needs(model_id)
+        reference = disagreement_reference(archive.json) if kind == "ascent" else None
+        if reference is not None:
+            self._check_reference(reference, manifest)
+            needs = self._joint_needs(model_id, reference)
+        elif kind == "ascent" and archive.json.get("objective", {}).get("kind") == "disagreement":
+            raise ValueError("a disagreement plan needs objective.reference: the id of the held file it "
+                             "compares with (push the float file first)")
         batch = job_batch(needs, self.limits)
         need = plan_memory(kind, manifest, archive.json, archive.image_count, archive.image_shape, batch)
         share = _limits_share(self.limits)[1]
@@ -224,6 +245,24 @@ class Task:
         plan = archive.plan()
         validate_plan(plan, kind, manifest)
         return plan
+
+    def _check_reference(self, reference: object, manifest: dict) -> None:
+        if not isinstance(reference, str) or not self.store.has(reference):
+            raise ValueError(f"objective.reference {str(reference)[:16]!r} is not a model held by this "
+                             "agent; push the float file first")
+        theirs = self.store.manifest(reference)["input"]["shape"][1:]
+        if list(theirs) != list(manifest["input"]["shape"][1:]):
+            raise ValueError(f"objective.reference takes input {theirs}, the probed model "
+                             f"{manifest['input']['shape'][1:]}")
+
+    def _joint_needs(self, model_id: str, reference: str | None) -> dict:
+        """What a job on ``model_id`` needs, with the reference file loaded beside it."""
+        needs = self.store.needs(model_id)
+        if reference is None:
+            return needs
+        other = self.store.needs(reference)
+        return {"memory_bytes": needs["memory_bytes"] + other["memory_bytes"],
+                "per_image_bytes": needs["per_image_bytes"] + other["per_image_bytes"]}
 
     def _check_bench(self, model_id: str, archive: PlanArchive) -> BenchPlan:
         if "bench" not in archive.json:
@@ -262,9 +301,16 @@ class Task:
                                               "meta": {"kind": "bench", "spec": plan.spec.to_json()}}))
             return
         tflite, manifest = self.store.paths(model_id)
-        needs = self.store.needs(model_id)
+        reference = None
+        if kind == "ascent":
+            with PlanArchive(plan_path) as archive:  # the header alone: the plan was checked at submission
+                reference = disagreement_reference(archive.json)
+            if reference is not None and not self.store.has(reference):
+                raise ValueError(f"the reference model {reference[:12]}… was deleted before the job ran")
+        needs = self._joint_needs(model_id, reference)
+        second = tuple(str(p) for p in self.store.paths(reference)) if reference else None
         args = (str(tflite), str(manifest), str(plan_path), kind, str(result_path), self.threads,
-                self.kernels, job_batch(needs, self.limits))
+                self.kernels, job_batch(needs, self.limits), second)
         sandbox.run(run_job, args, needs["memory_bytes"] + self.limits.job_memory_bytes,
                     self.limits.job_timeout_s, cancel)
 

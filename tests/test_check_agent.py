@@ -1,5 +1,6 @@
-"""Host and a loopback board agent judge the same int8 files the same way: identities from the deploy
-file on both, taps from the probe file on both, each board's runtime configuration recorded."""
+"""Host and a loopback board agent judge the same int8 files the same way: identities and the disagreement
+ascent from the deploy file on both (the board receives the float file too), taps from the probe file on
+both, each board's runtime configuration recorded."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def test_host_and_loopback_agent_give_the_same_verdict(agent, tmp_path, capsys):
     gate.write_text("[data]\nmin_float_verification_accuracy = 0.0\n")
     code = main(["check", str(model), "--quantized", str(files["int8"]["deploy"]), "--agent", agent,
                  "--thresholds", str(gate), "--sample", "4", "--no-features", "--search", "never",
+                 "--disagreement", "--disagreement-images", "1",
                  "--out", str(tmp_path / "o"), "--json"])
     assert code in (0, 1)
     report = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -52,6 +54,9 @@ def test_host_and_loopback_agent_give_the_same_verdict(agent, tmp_path, capsys):
     # Same deploy file, same kernels: the identity numbers agree to rounding.
     for key in ("accuracy_drop_pp", "flip_fraction", "embedding_cosine_mean"):
         assert host["identities"][key] == pytest.approx(board["identities"][key], abs=1e-6), key
+    # The board received the float file too and ran the same disagreement ascent on its deploy file.
+    assert board["disagreement"]["summary"] == host["disagreement"]["summary"]
+    assert host["disagreement"]["summary"]["worst_case_embedding_cosine"] < 1.0
     for h, b in zip(host["taps"], board["taps"], strict=True):
         assert h["sqnr_db"] == pytest.approx(b["sqnr_db"], rel=1e-6)
     # Each file's runtime configuration, from the board's own job results.

@@ -43,7 +43,8 @@ def thresholds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def good(model_path, thresholds, tmp_path_factory):
     out = tmp_path_factory.mktemp("check_good")
-    return out, run_check(model_path, out, options=CheckOptions(sample=8, steps=3), thresholds=thresholds,
+    return out, run_check(model_path, out, options=CheckOptions(sample=8, steps=3, features=True),
+                          thresholds=thresholds,
                           search="never", progress=False)
 
 

@@ -92,3 +92,18 @@ def test_exported_int8_probe_model_has_int8_taps_and_a_float_embedding(tmp_path)
     assert runtime.delegate_nodes == Runtime(files["int8"]["deploy"]).delegate_nodes  # as many partitions
     values = runtime.run(start_images(2))
     assert all(v.dtype == np.float32 for v in values.values())
+
+
+def test_foreign_tap_finder_reads_add_of_zero_as_the_activation(converted, tmp_path):
+    """The rewrite's ADD(x, 0) with a fused ReLU is that ReLU to the foreign tap finder: the same taps,
+    pre-activation, as in the file before the rewrite (so faceprobe's own probe files check as a pair)."""
+    from toolkit.foreign.graph import TFLiteGraph
+
+    plain, rewritten, _, _ = converted
+    found = {}
+    for name, content in (("plain", plain), ("rewritten", rewritten)):
+        (tmp_path / f"{name}.tflite").write_bytes(content)
+        found[name] = [(c.tensor, c.op, c.shape, c.post_activation)
+                       for c in TFLiteGraph.read(tmp_path / f"{name}.tflite").candidates()]
+    assert found["rewritten"] == found["plain"]
+    assert any(not post for *_, post in found["plain"])

@@ -40,19 +40,22 @@ faceprobe derive runs/dlib/model.keras --out runs/dlib-compact --resume""",
 faceprobe evaluate runs/orl/model.keras --data att_faces --roc roc.png --out eval.json --json""",
     "probe": """faceprobe probe runs/tiny/model.keras --images faces --out runs/tiny/probe
 faceprobe probe runs/tiny/model.keras --taps first last --channels 0,3 --step-rule normalized --out p2
-faceprobe probe runs/tiny/model.keras --invariance --data unseen-faces --json""",
+faceprobe probe runs/tiny/model.keras --invariance --data unseen-faces --json
+faceprobe probe model_float32.tflite --images faces --step-rule normalized --out p3""",
     "export": """faceprobe export runs/tiny/model.keras --out runs/tiny/export
 faceprobe export runs/tiny/model.keras --variants int8 --calibration faces --out runs/tiny/int8""",
     "check": """faceprobe check runs/tiny/model.keras --variant int8 --out runs/tiny/check
 faceprobe check runs/orl/model.keras --data att_faces --identities s31-s40 --calibration att_faces \\
-    --calibration-identities s1-s30 --agent http://pi.local:8765 --out runs/orl/check""",
+    --calibration-identities s1-s30 --agent http://pi.local:8765 --out runs/orl/check
+faceprobe check --float model_float32.tflite --quantized model_int8.tflite --data att_faces --out x/check""",
     "bench": """faceprobe bench runs/tiny/export/model.int8.tflite runs/tiny/export/model.float32.tflite
 faceprobe bench runs/tiny/export/model.*.tflite --agent http://pi.local:8765 --threads 4 --json""",
     "deploy": "faceprobe deploy runs/tiny/export/model.int8.probe.tflite --agent http://pi.local:8765",
     "report": """faceprobe report runs/tiny/probe
 faceprobe report runs/tiny/check""",
     "import": """faceprobe import dlib --out dlib.keras
-faceprobe import my_model.keras --out imported.keras --tap block1_bn --tap block5_bn""",
+faceprobe import my_model.keras --out imported.keras --tap block1_bn --tap block5_bn
+faceprobe import model_float32.tflite --mean 127.5 --scale 127.5 --channels rgb""",
 }
 
 
@@ -99,7 +102,8 @@ def interrupt_hint(args: argparse.Namespace) -> str:
 
 
 # Arguments that name a command's inputs: none may lie inside the output folder it replaces.
-INPUT_ARGS = ("model", "plan", "images", "data", "calibration", "quantized", "thresholds", "pairs", "tflite")
+INPUT_ARGS = ("model", "plan", "images", "data", "calibration", "quantized", "float", "thresholds", "pairs",
+              "tflite")
 
 
 def dispatch(args: argparse.Namespace) -> int:

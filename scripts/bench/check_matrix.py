@@ -8,8 +8,10 @@ Cases: float32 re-export, float16 and a sound int8 (expected to pass); int8 with
 scales, calibrated on 3 faces, calibrated on noise, one middle block's weights rounded to 4 bits, that
 block's activation range clipped to a tenth, and int8 of the model with lagging batch-norm statistics
 (expected to fail). Prints ``cases`` (a list of {name, expected, verdict, levels_caught}) and
-``correct`` (the fraction whose verdict is the expected one), and which cases the feature level
-caught while the taps and identities did not.
+``correct`` (the fraction whose verdict is the expected one), and which cases the feature statistics
+caught while the taps and identities did not (``caught_only_by_features``), and which only identities
+under shift or the disagreement ascent caught (``caught_only_by_shift_or_disagreement``; levels_caught
+names them ``shift`` and ``disagreement``).
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
     from toolkit.export import Calibration, Recipe
 
     plain = Recipe("int8", calibration=Calibration(images=args.data, identities=args.calibration_identities))
-    report = run_check(model_path, out, recipe=plain, options=replace(opts, features=False, search="on-fail"),
-                       progress=False)
+    judged = replace(opts, features=False, shift=False, disagreement=False, search="on-fail")
+    report = run_check(model_path, out, recipe=plain, options=judged, progress=False)
     if report["passed"]:
         return plain
     rows = (report.get("search") or {}).get("rows", [])
@@ -82,9 +84,14 @@ def sound_int8(model_path: Path, args: argparse.Namespace, out: Path, opts):
     return found
 
 
+# Checks reported under a level of their own: the disagreement ascent is judged in [features] but is not
+# the feature statistics.
+OWN_LEVEL = {"worst_case_embedding_cosine": "disagreement"}
+
+
 def levels(board: dict) -> list[str]:
     """The levels at which a board's entry in report.json failed."""
-    return sorted({v["level"] for v in board["verdicts"] if not v["passed"]})
+    return sorted({OWN_LEVEL.get(v["name"], v["level"]) for v in board["verdicts"] if not v["passed"]})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             gate.write_text(OPEN_GATE)
         opts = CheckOptions(data=args.data, identities=args.check_identities, sample=args.sample,
-                            steps=args.steps, thresholds=gate if args.quick else None)
+                            steps=args.steps, thresholds=gate if args.quick else None, features=True,
+                            shift=True, disagreement=True)
         thresholds = load_thresholds(opts.thresholds)
         overrides = args.set or ["width=0.5"]
         model_path = (Path(args.model) if args.model
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         session = CheckSession(model, meta, model_path, data, thresholds, calib, cases[0][2], out,
                                Pricer(HOST))
         reference = session.feature_reference(opts)
+        spec = session.disagreement(opts)
         lagged = run_check(lagging_batchnorm(model_path, out / "bn-lag"), out / "bn-lag-check",
                            recipe=Recipe("int8", calibration=Calibration(
                                images=args.data, identities=args.calibration_identities)),
@@ -181,20 +190,27 @@ def main(argv: list[str] | None = None) -> int:
                    "float_verification_accuracy": lagged["data"]["float_verification_accuracy"]}
         rows = []
         for name, expected, files in cases:
-            board = session.judge(LocalBoard(files["deploy"], files["probe"]), files, reference).to_json()
+            board = session.judge(LocalBoard(files["deploy"], files["probe"]), files, reference,
+                                  spec).to_json()
             rows.append({"name": name, "expected": expected, "verdict": "pass" if board["passed"] else "fail",
                          "levels_caught": levels(board),
                          "accuracy_drop_pp": board["identities"]["accuracy_drop_pp"],
                          "worst_tap_sqnr_db": min(r["sqnr_db"] for r in board["taps"]),
                          "first_broken_tap": board["localisation"]["first_broken_tap"],
-                         "features": board["features"]["summary"]})
+                         "features": board["features"]["summary"],
+                         "shift_drop_pp": board["shift"]["summary"]["accuracy_drop_pp"],
+                         "worst_case_embedding_cosine":
+                             board["disagreement"]["summary"]["worst_case_embedding_cosine"]})
         rows.append(lag_row)
         float_accuracy = float_verification(data)
     feature_only = [r["name"] for r in rows if r["levels_caught"] == ["features"]]
+    new_only = [r["name"] for r in rows if r["levels_caught"] and set(r["levels_caught"]) <= {"shift",
+                                                                                             "disagreement"}]
     result = {"float_verification_accuracy": float_accuracy, "sound_recipe": sound_recipe.label(),
               "cases": rows,
               "correct": sum(r["verdict"] == r["expected"] for r in rows) / len(rows),
-              "caught_only_by_features": feature_only, "damaged_tap": middle}
+              "caught_only_by_features": feature_only, "caught_only_by_shift_or_disagreement": new_only,
+              "damaged_tap": middle}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -203,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         caught = ", ".join(r["levels_caught"]) or "-"
         print(f"{r['name'][:51]:<52}{r['expected']:>9}{r['verdict']:>14}  {caught}")
-    print(f"correct: {result['correct']:.2f}; caught only by the feature level: {feature_only or 'none'}")
+    print(f"correct: {result['correct']:.2f}; caught only by the feature statistics: "
+          f"{feature_only or 'none'}; only by shift or disagreement: {new_only or 'none'}")
     return 0
 
 

@@ -10,6 +10,7 @@ the check asks of one; ``LocalBoard`` and ``RemoteBoard`` answer it, each holdin
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,6 +44,9 @@ class Board(Protocol):
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         """The plan by finite differences on the probe file."""
+
+    def disagreement(self, plan: ProbePlan, reference: Path) -> ProbeResult:
+        """A disagreement plan on the deploy file against ``reference`` (the float32 deploy file)."""
 
     def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
         """``files`` timed interleaved where this board runs them."""
@@ -82,6 +86,10 @@ class LocalBoard:
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         return tasks.run(self.probe, plan, "ascent")
+
+    def disagreement(self, plan: ProbePlan, reference: Path) -> ProbeResult:
+        second = Runtime(reference, threads=self.threads, kernels=self.kernels)
+        return tasks.run(self.deploy, plan, "ascent", reference=second)
 
     def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
         """``files`` timed interleaved here, in sandbox children with this board's threads and kernels."""
@@ -126,6 +134,11 @@ class RemoteBoard:
 
     def ascent(self, plan: ProbePlan) -> ProbeResult:
         return self._run("probe", plan, "ascent")
+
+    def disagreement(self, plan: ProbePlan, reference: Path) -> ProbeResult:
+        """The agent receives the float file too; the plan names it by the agent's id."""
+        named = replace(plan, objective={**plan.objective, "reference": self.client.push(reference)})
+        return self._run("deploy", named, "ascent")
 
     def bench(self, files: list[Path], spec: BenchSpec, images: np.ndarray) -> dict:
         """``files`` timed interleaved by the agent's bench job, in its own configuration."""

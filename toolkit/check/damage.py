@@ -15,6 +15,7 @@ from device.manifest import load_manifest, manifest_path_for, sha256_file
 from .. import atomic
 from ..export.convert import block_layers, float_nodes
 from ..export.graph import describe_io
+from ..foreign.graph import read_object
 
 CONV_OPS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D"}  # BuiltinOperator codes
 # ADD: an int8 probe file's activations are ADD(x, 0) with the activation fused
@@ -59,8 +60,23 @@ def clip_range(content: bytes, layers: list[str], factor: float) -> bytes:
     """The block's conv outputs requantized onto ``factor`` of their calibrated range (values beyond it
     saturate; consumers read the same scale, so nothing else changes)."""
     model_obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-    for op in _block_convs(model_obj, layers):
-        q = model_obj.subgraphs[0].tensors[op.outputs[0]].quantization
+    return _clipped(model_obj, [op.outputs[0] for op in _block_convs(model_obj, layers)], factor)
+
+
+def clip_tensor_range(content: bytes, names: list[str], factor: float) -> bytes:
+    """``clip_range`` for tensors named as in the file (any int8 TFLite file, e.g. one converted
+    elsewhere)."""
+    model_obj = read_object(content)
+    graph = model_obj.subgraphs[0]
+    picked = [i for i, t in enumerate(graph.tensors) if t.name.decode() in names]
+    if len(picked) != len(set(names)):
+        raise ValueError(f"not every tensor of {names} is in the file")
+    return _clipped(model_obj, picked, factor)
+
+
+def _clipped(model_obj, tensors: list[int], factor: float) -> bytes:
+    for i in tensors:
+        q = model_obj.subgraphs[0].tensors[i].quantization
         q.scale = [float(s) * factor for s in q.scale]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj))
 

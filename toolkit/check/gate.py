@@ -16,9 +16,13 @@ CHECKS = {
     "feature_change_correlation": ("features", "min_change_correlation", "min"),
     "feature_gradient_cosine": ("features", "min_gradient_cosine", "min"),
     "feature_max_saturation": ("features", "max_saturation", "max"),
+    "worst_case_embedding_cosine": ("features", "min_worst_case_embedding_cosine", "min"),
     "accuracy_drop_pp": ("identities", "max_accuracy_drop_pp", "max"),
     "embedding_cosine": ("identities", "min_embedding_cosine", "min"),
     "flip_fraction": ("identities", "max_flip_fraction", "max"),
+    "shift_accuracy_drop_pp": ("shift", "max_accuracy_drop_pp", "max"),
+    "shift_worst_corruption_drop_pp": ("shift", "max_worst_corruption_drop_pp", "max"),
+    "shift_flip_fraction": ("shift", "max_flip_fraction", "max"),
     "speedup_b1": ("speed", "min_speedup", "min"),
 }
 

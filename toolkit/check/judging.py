@@ -1,4 +1,4 @@
-"""One board judged: its three levels measured, compared with the thresholds, the damage localised.
+"""One board judged: its levels measured, compared with the thresholds, the damage localised.
 
 Shared by the check (``runner``) and its fix search (``search``), which import this and not each other.
 """
@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.plan import ProbeResult
+from device.plan import ProbePlan, ProbeResult
 
 from ..data import FaceSet, Pairs
 from .boards import Board
+from .disagreement import DisagreementSpec, disagreement_level
 from .gate import Verdict, judge
 from .levels import FeatureReference, feature_level, identity_level, tap_level
+from .shift import ShiftedFaces, shift_level
 
 
 @dataclass
@@ -26,12 +28,21 @@ class CheckData:
     float_embeddings: np.ndarray  # float Keras
     pairs: Pairs
     sample: np.ndarray  # indices of the tap-level faces
+    normalization: dict | None = None
+    shifted: list[ShiftedFaces] | None = None  # corrupted copies of the faces (``--shift``)
 
 
-def measured_checks(taps: list[dict], features: dict | None, identities: dict) -> dict[str, float | None]:
-    """The gate's inputs from one board's three levels."""
+def measured_checks(taps: list[dict], features: dict | None, identities: dict, shift: dict | None = None,
+                    disagreement: dict | None = None) -> dict[str, float | None]:
+    """The gate's inputs from one board's levels (a level not measured: its checks are None)."""
     feat = (features or {}).get("summary", {})
+    shifted = (shift or {}).get("summary", {})
+    worst = (disagreement or {}).get("summary", {})
     return {
+        "worst_case_embedding_cosine": worst.get("worst_case_embedding_cosine"),
+        "shift_accuracy_drop_pp": shifted.get("accuracy_drop_pp"),
+        "shift_worst_corruption_drop_pp": shifted.get("worst_corruption_drop_pp"),
+        "shift_flip_fraction": shifted.get("flip_fraction"),
         "worst_tap_sqnr_db": min(r["sqnr_db"] for r in taps),
         "worst_tap_cosine": min(r["cosine"] for r in taps),
         "feature_change_correlation": feat.get("change_correlation"),
@@ -69,7 +80,10 @@ class BoardResult:
     identities: dict
     localisation: dict
     speed: dict | None = None
+    shift: dict | None = None
+    disagreement: dict | None = None
     feature_result: ProbeResult | None = field(default=None, compare=False, repr=False)
+    disagreement_result: tuple[ProbePlan, ProbeResult] | None = field(default=None, compare=False, repr=False)
 
     @property
     def drop_pp(self) -> float:
@@ -88,19 +102,28 @@ class BoardResult:
         out = {"name": self.name, "info": self.info, "passed": self.passed,
                "verdicts": [v.to_dict() for v in self.verdicts], "taps": self.taps, "features": self.features,
                "identities": self.identities, "localisation": self.localisation}
-        if self.speed is not None:
-            out["speed"] = self.speed
+        for name in ("speed", "shift", "disagreement"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
 
 def check_board(model, board: Board, data: CheckData, scales: dict, thresholds: dict,
-                reference: FeatureReference | None) -> BoardResult:
-    """All three levels on one board, judged (``reference``: the feature reference, None to skip
-    features). Identities are scored with the board's deploy file, taps and features with its probe file."""
+                reference: FeatureReference | None, disagreement: DisagreementSpec | None = None
+                ) -> BoardResult:
+    """Every level asked for on one board, judged (``reference``: the feature reference, None to skip the
+    feature statistics; ``disagreement``: the disagreement ascent, None to skip it; identities under shift
+    where ``data.shifted`` holds the corrupted faces). Identities, shift and disagreement are scored with
+    the board's deploy file, taps and feature statistics with its probe file."""
     taps = tap_level(model, board, data.images[data.sample], scales)
     feats, fd_quant = feature_level(model, reference, board) if reference else (None, None)
     ident = identity_level(data.float_embeddings, board.embeddings(data.images), data.faces.labels,
                            data.pairs)
-    verdicts = tuple(judge(measured_checks(taps, feats, ident), thresholds))
+    shift = shift_level(board, data.shifted, data.faces.labels, data.pairs) if data.shifted else None
+    worst, found = (disagreement_level(board, disagreement, data.normalization) if disagreement
+                    else (None, None))
+    verdicts = tuple(judge(measured_checks(taps, feats, ident, shift, worst), thresholds))
     return BoardResult(board.name, board.info(), all(v.passed for v in verdicts), verdicts, taps, feats,
-                       ident, localise(taps, thresholds), feature_result=fd_quant)
+                       ident, localise(taps, thresholds), shift=shift, disagreement=worst,
+                       feature_result=fd_quant,
+                       disagreement_result=(disagreement.plan, found) if disagreement else None)

@@ -1,4 +1,5 @@
-"""The three levels of the check: taps, features and identities, float Keras vs a quantized board."""
+"""The three levels of the check: taps, features and identities, the float reference (the Keras model, or
+a float TFLite file converted elsewhere) vs a quantized board."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from device.plan import ProbePlan, ProbeResult
 
 from ..evaluate import pair_scores, rank1_accuracy, verification_metrics
 from ..probe import make_plan, run_plan
-from ..probe.ascent import tap_responses
+from ..probe.channels import choose_channels
 from ..probe.compare import compare_ascents, cosine
-from ..zoo import list_taps, tap_key, tap_model
+from ..probe.reference import Reference, as_reference
+from ..zoo import STAGES
 from .boards import CHUNK, Board
 from .metrics import ErrorSums
 
@@ -25,27 +27,27 @@ from .metrics import ErrorSums
 FEATURE_SUBSPACE = 3
 
 
-def _activation_plan(model: keras.Model, images: np.ndarray) -> ProbePlan:
+def _activation_plan(ref: Reference, images: np.ndarray) -> ProbePlan:
     """A plan whose targets name every tap once: the board's activations job returns them all."""
-    return ProbePlan(targets=[{"tap": t.name, "channel": 0} for t in list_taps(model)], images=images)
+    return ProbePlan(targets=[{"tap": t.name, "channel": 0} for t in ref.taps], images=images)
 
 
-def tap_level(model: keras.Model, board: Board, images: np.ndarray,
+def tap_level(reference: keras.Model | Reference, board: Board, images: np.ndarray,
               scales: dict[str, float | None]) -> list[dict]:
     """Per tap, in depth order: SQNR, cosine, RMSE/scale, saturation, and the noise it adds over the tap
     before it (noise-to-signal ratio minus the previous tap's): the rank that localises a breakage.
 
     ``scales``: each tap's int8 quantization step (``tap_scales`` of the probe model's manifest)."""
-    reference = tap_model(model, embedding=False)
-    taps = list_taps(model)
+    reference = as_reference(reference)
+    taps = reference.taps
     sums = {t.name: ErrorSums() for t in taps}
     saturated = {t.name: [] for t in taps}
     for start in range(0, len(images), CHUNK):
         batch = images[start:start + CHUNK]
-        ref = reference(batch, training=False)
-        got = board.activations(_activation_plan(model, batch))
+        ref = reference.tap_values(batch)
+        got = board.activations(_activation_plan(reference, batch))
         for t in taps:
-            sums[t.name].add(np.asarray(ref[tap_key(t.name)]), got["values"][t.name])
+            sums[t.name].add(ref[t.name], got["values"][t.name])
             saturated[t.name].append(got["stats"][t.name].get("saturation"))
     rows, previous = [], 0.0
     for t in taps:
@@ -64,17 +66,25 @@ def tap_scales(manifest: dict) -> dict[str, float | None]:
             for name, o in tap_entries(manifest).items()}
 
 
-def feature_plan(model: keras.Model, images: np.ndarray, subspace_size: int = FEATURE_SUBSPACE,
-                 steps: int = 20) -> ProbePlan:
-    """The probe's default plan (5 channels per stage) in a low-frequency DCT subspace.
+def feature_plan(reference: keras.Model | Reference, images: np.ndarray,
+                 subspace_size: int = FEATURE_SUBSPACE, steps: int = 20) -> ProbePlan:
+    """The probe's default plan (5 channels per stage tap, the deepest tap of each stage) in a
+    low-frequency DCT subspace.
 
     The check uses the ``normalized`` step rule: a quantized model's input is clamped to its calibrated
     range, so the method's raw steps (which leave the valid range at deep taps) would stall there."""
-    return make_plan(model, images, per_tap=5, steps=steps, step_rule="normalized",
-                     subspace={"kind": "dct", "size": subspace_size})
+    ref = as_reference(reference)
+    settings = {"steps": steps, "step_rule": "normalized", "subspace": {"kind": "dct", "size": subspace_size}}
+    if ref.model is not None:
+        return make_plan(ref.model, images, per_tap=5, **settings)
+    deepest = {t.stage: t.name for t in ref.taps}
+    names = [deepest[s] for s in STAGES if s in deepest]
+    chosen = choose_channels(ref.tap_values(images, names), 5, "top")
+    return ProbePlan(targets=[{"tap": t, "channel": int(c)} for t in names for c in chosen[t]],
+                     images=np.asarray(images, np.float32), **settings)
 
 
-def rescore(model: keras.Model, board: Board, plan: ProbePlan, ascended: ProbeResult) -> dict:
+def rescore(reference: keras.Model | Reference, board: Board, plan: ProbePlan, ascended: ProbeResult) -> dict:
     """Re-score the host's full-gradient ascent results on the quantized model.
 
     Per target: the objective float vs quantized on the same ascended image; per tap: the fraction of
@@ -89,7 +99,7 @@ def rescore(model: keras.Model, board: Board, plan: ProbePlan, ascended: ProbeRe
             quant[t].append(got["values"][t])
             sat_ascended[t].append(got["stats"][t].get("saturation"))
     start_stats = board.activations(ProbePlan(targets=plan.targets, images=plan.images))["stats"]
-    floats = tap_responses(model, flat, plan.taps)
+    floats = as_reference(reference).tap_values(flat, plan.taps)
     rows = []
     for j, target in enumerate(plan.targets):
         tap, c = target["tap"], target["channel"]
@@ -109,10 +119,14 @@ def rescore(model: keras.Model, board: Board, plan: ProbePlan, ascended: ProbeRe
 class FeatureReference:
     """What every board's feature level is compared with, computed once: the plan by host autodiff on
     Keras (``host``) and by finite differences on the float TFLite (``fd_float``), how well the two agree
-    (``estimator``: the estimator's own error), and the full-gradient host ascent (``full``)."""
+    (``estimator``: the estimator's own error), and the full-gradient host ascent (``full``).
+
+    Without autodiff (a float TFLite reference) ``host`` is None, ``estimator`` empty, and the ascent
+    re-scored on the quantized model is the float TFLite's own finite-difference one (``full`` is
+    ``fd_float`` on ``plan``)."""
 
     plan: ProbePlan
-    host: ProbeResult
+    host: ProbeResult | None
     fd_float: ProbeResult
     estimator: list[dict]
     full_plan: ProbePlan
@@ -122,20 +136,26 @@ class FeatureReference:
         """plan.json and one result folder each for ``host``, ``fd_float`` and ``full``."""
         self.plan.save(folder / "plan.json")
         for name in ("host", "fd_float", "full"):
-            getattr(self, name).save(folder / name)
+            if getattr(self, name) is not None:
+                getattr(self, name).save(folder / name)
 
 
-def feature_reference(model: keras.Model, float_board: Board, images: np.ndarray,
+def feature_reference(reference: keras.Model | Reference, float_board: Board, images: np.ndarray,
                       subspace_size: int = FEATURE_SUBSPACE, steps: int = 20) -> FeatureReference:
-    """The feature reference of ``model`` on ``images`` (``float_board``: the float32 TFLite files)."""
-    plan = feature_plan(model, images, subspace_size, steps)
+    """The feature reference on ``images`` (``float_board``: the float32 TFLite files)."""
+    ref = as_reference(reference)
+    plan = feature_plan(ref, images, subspace_size, steps)
+    fd_float = float_board.ascent(plan)
+    if ref.model is None:
+        return FeatureReference(plan, None, fd_float, [], plan, fd_float)
     full_plan = dataclasses.replace(plan, subspace={"kind": "full"})
-    host, fd_float = run_plan(model, plan, progress=False), float_board.ascent(plan)
+    host = run_plan(ref.model, plan, progress=False)
     return FeatureReference(plan, host, fd_float, compare_ascents(plan, host, fd_float), full_plan,
-                            run_plan(model, full_plan, progress=False))
+                            run_plan(ref.model, full_plan, progress=False))
 
 
-def feature_level(model: keras.Model, reference: FeatureReference, board: Board) -> tuple[dict, ProbeResult]:
+def feature_level(model: keras.Model | Reference, reference: FeatureReference, board: Board
+                  ) -> tuple[dict, ProbeResult]:
     """The plan by finite differences on the quantized model, with the same perturbations as on the float
     TFLite (so estimator error cancels and what remains is quantization), and the full-gradient ascent
     re-scored on the quantized model; (the level's figures, the board's finite-difference result)."""
@@ -155,7 +175,8 @@ def feature_level(model: keras.Model, reference: FeatureReference, board: Board)
             "change_correlation": float(np.mean([r["change_correlation"] for r in float_vs_quant])),
             "gradient_cosine": float(np.mean(grad)) if grad else None,
             "max_saturation": max(max_sat) if max_sat else None,
-            "estimator_change_correlation": float(np.mean([r["change_correlation"] for r in estimator])),
+            "estimator_change_correlation": (float(np.mean([r["change_correlation"] for r in estimator]))
+                                             if estimator else None),
         },
     }, fd_quant
 

@@ -33,6 +33,7 @@ from .levels import FeatureReference, identity_level
 from .options import CheckOptions
 from .search import JudgedRecipe, search_recipes
 from .session import CheckSession
+from .shift import shifted_faces
 from .speed import HOST, IMAGES, Pricer, slower_warning, with_speed
 
 REPORT_SCHEMA = "faceprobe.check-report/1"
@@ -104,8 +105,12 @@ def prepare_data(model, meta: dict, faces: FaceSet, opts: CheckOptions) -> Check
     rng = np.random.default_rng(opts.seed)
     sample_idx = np.sort(rng.choice(len(faces.labels), min(opts.sample, len(faces.labels)), replace=False))
     images = normalize(faces.images, meta["normalization"])
+    norm = meta["normalization"]
+    shifted = (shifted_faces(lambda x: embed(model, x, normalization=norm), norm, faces.images, opts.seed)
+               if opts.shift else None)
     return CheckData(faces, images, embed(model, faces.images, normalization=meta["normalization"]),
-                     make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample_idx)
+                     make_pairs(faces.labels, n_folds=10, seed=opts.seed), sample_idx,
+                     meta["normalization"], shifted)
 
 
 def float_verification(data: CheckData) -> float:
@@ -164,10 +169,12 @@ def inconclusive(base: dict, why: str, variant: str, out: Path) -> dict:
 
 def judge_boards(session: CheckSession, files: dict[str, Path], reference: FeatureReference | None,
                  opts: CheckOptions) -> list[tuple[Board, BoardResult]]:
-    """The host, then every agent of ``opts.agents`` at once (one thread each), each holding ``files``:
-    (board, its result) in that order."""
+    """The host, then every agent of ``opts.agents`` at once (one thread each), each holding ``files``
+    (and the float32 deploy file for the disagreement ascent): (board, its result) in that order."""
+    spec = session.disagreement(opts) if opts.disagreement else None
+
     def judged(board: Board) -> tuple[Board, BoardResult]:
-        return board, session.judge(board, files, reference)
+        return board, session.judge(board, files, reference, spec)
 
     host = judged(LocalBoard(files["deploy"], files["probe"]))
     if not opts.agents:
@@ -288,5 +295,10 @@ def write_report(report: dict, boards: list[BoardResult], reference: FeatureRefe
         reference.save(out / "features")
         for i, board in enumerate(boards):
             board.feature_result.save(out / "features" / f"fd_quant_board{i}")
+    for i, board in enumerate(boards):
+        if board.disagreement_result is not None:
+            plan, result = board.disagreement_result
+            plan.save(out / "disagreement" / "plan.json")
+            result.save(out / "disagreement" / f"board{i}")
     atomic.write_json(out / "report.json", report)
     render_check(out)

@@ -14,6 +14,7 @@ from device.manifest import load_manifest, manifest_path_for
 
 from ..export import Recipe, export_keras
 from .boards import Board, LocalBoard
+from .disagreement import DisagreementSpec, disagreement_spec
 from .judging import BoardResult, CheckData, check_board
 from .levels import FeatureReference, feature_reference, tap_scales
 from .options import CheckOptions
@@ -47,8 +48,13 @@ class CheckSession:
         float_board = LocalBoard(self.float32["deploy"], self.float32["probe"])
         return feature_reference(self.model, float_board, images, opts.subspace_size, opts.steps)
 
-    def judge(self, board: Board, files: dict[str, Path], reference: FeatureReference | None = None
-              ) -> BoardResult:
-        """``board`` (holding ``files``) judged at the three levels (features only with a ``reference``)."""
+    def disagreement(self, opts: CheckOptions) -> DisagreementSpec:
+        """The disagreement ascent against the float32 deploy file."""
+        return disagreement_spec(self.data, self.float32["deploy"], opts)
+
+    def judge(self, board: Board, files: dict[str, Path], reference: FeatureReference | None = None,
+              disagreement: DisagreementSpec | None = None) -> BoardResult:
+        """``board`` (holding ``files``) judged at every level asked for (feature statistics only with a
+        ``reference``, the disagreement ascent only with its spec, shift where the data holds it)."""
         scales = tap_scales(load_manifest(manifest_path_for(files["probe"])))
-        return check_board(self.model, board, self.data, scales, self.thresholds, reference)
+        return check_board(self.model, board, self.data, scales, self.thresholds, reference, disagreement)

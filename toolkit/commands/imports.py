@@ -17,14 +17,19 @@ def add_parser(subparsers) -> None:
                     "pre-activation taps (a batch-norm or biased conv output feeding an activation) or take "
                     "them from --tap, assign stages by stride and depth, and record its input normalisation.")
     p.add_argument("source",
-                   help="'dlib', or a Keras face-embedding model (.keras, .h5 or SavedModel folder)")
-    p.add_argument("--out", required=True, help="the model file to write (.keras; metadata goes beside it)")
+                   help="'dlib', a Keras face-embedding model (.keras, .h5 or SavedModel folder), or a "
+                        ".tflite converted elsewhere (its normalisation is recorded beside it as "
+                        "FILE.faceprobe.json)")
+    p.add_argument("--out", default=None,
+                   help="the model file to write (.keras; metadata goes beside it); not for a .tflite")
     p.add_argument("--tap", action="append", default=[], metavar="LAYER",
                    help="tap this layer's output (repeat); default: found automatically")
     p.add_argument("--mean", type=float, nargs="+", metavar="M",
                    help="the model's own input normalisation (pixel - M) / S on 0..255 RGB pixels, one value "
                         "or one per channel (default: recorded in the model, else 127.5)")
     p.add_argument("--scale", type=float, nargs="+", metavar="S", help="see --mean (default 128)")
+    p.add_argument("--channels", choices=["rgb", "bgr"], default=None,
+                   help="a .tflite's channel order (default rgb)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the taps and checks as JSON")
     p.set_defaults(run=run)
@@ -34,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from .. import atomic
     from ..modelfile import save_face_model
 
+    if args.source.endswith(".tflite"):
+        return run_tflite(args)
+    if args.channels:
+        raise ValueError("--channels applies to a .tflite; a Keras model takes RGB")
+    if not args.out:
+        raise ValueError("--out is needed: the .keras file to write")
     # Checked before the port is built: a refused command does no work and writes nothing.
     if not args.out.endswith(".keras"):
         raise ValueError(f"--out {args.out} must end in .keras")
@@ -68,4 +79,27 @@ def run(args: argparse.Namespace) -> int:
     verified = origin.get("verified")
     if verified:
         print(f"checked against dlib: {verified}")
+    return 0
+
+
+def run_tflite(args: argparse.Namespace) -> int:
+    """Record a .tflite's normalisation and channel order beside it; list the taps found in it."""
+    from ..foreign.imported import import_tflite, record_path
+
+    if args.out or args.tap:
+        raise ValueError("--out and --tap apply to a Keras model; a .tflite's record goes beside it "
+                         "(FILE.faceprobe.json) and taps are named at check time (`check --tap TENSOR`)")
+    record = import_tflite(args.source, args.mean, args.scale, args.channels)
+    if args.json:
+        print(json.dumps({**record, "record": str(record_path(args.source))}, indent=2))
+        return 0
+    norm = record["normalization"]
+    print(f"{args.source}: {record['variant']}, input {record['input_shape']}, "
+          f"{len(record['candidates'])} taps found; normalisation (pixel - {norm['mean']}) / "
+          f"{norm['scale']}, "
+          f"{norm['channel_order']} -> {record_path(args.source)}")
+    for c in record["candidates"]:
+        note = "  (post-activation: fused)" if c["post_activation"] else ""
+        print(f"  {c['tensor'][:48]:<50}{c['op']:<18} {c['shape']}  stride {c['stride']:>3}  "
+              f"rf {c['receptive_field']}{note}")
     return 0

@@ -39,7 +39,9 @@ def add_parser(subparsers) -> None:
                     "Writes "
                     "plan, result, PNG grids, findings.json and report.html to --out. With --invariance, "
                     "prints the per-stage identity invariance index of the --data dataset instead.")
-    p.add_argument("model", help="model.keras written by `faceprobe train`")
+    p.add_argument("model", help="model.keras written by `faceprobe train`, or a float .tflite converted "
+                                 "elsewhere (probed by finite differences in --subspace, default dct:4; its "
+                                 "normalisation as `faceprobe import FILE.tflite` recorded it)")
     p.add_argument("--plan", help="run this plan JSON (with its .npz of images) instead of building one")
     p.add_argument("--taps", nargs="+", help="tap names or stages (first middle last); default: one tap "
                                              "per stage, the deepest of each")
@@ -138,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.invariance and not args.out:
         raise ValueError("--out DIR is required (where the plan, result, pictures and report go)")
+    if args.model.endswith(".tflite"):
+        return run_tflite(args)
     if args.invariance and not args.data:
         raise ValueError("--invariance needs --data DIR, a dataset of identity folders (several photos each)")
     with flags(FLAGS):
@@ -165,5 +169,35 @@ def run(args: argparse.Namespace) -> int:
     for url, board in summary.get("boards", {}).items():
         print(f"board {url}: gradient cosine vs host {board['gradient_cosine']:.4f}, change correlation "
               f"{board['change_correlation']:.4f} ({board['result']})")
+    print(f"report: {summary['report']}", file=sys.stderr)
+    return 0
+
+
+# Flags a TFLite file cannot honour: they need the Keras graph (autodiff, regularisers) or a source model.
+KERAS_ONLY = (("--plan", "plan"), ("--channels", "channels"), ("--invariance", "invariance"),
+              ("--agent", "agent"), ("--tflite", "tflite"), ("--clip", "clip"), ("--jitter", "jitter"),
+              ("--l2-decay", "l2_decay"), ("--blur", "blur"), ("--data", "data"), ("--position", "position"))
+
+
+def run_tflite(args: argparse.Namespace) -> int:
+    """The probe of a float .tflite, by finite differences in a subspace."""
+    from ..foreign.imported import recorded_normalization
+    from ..foreign.probe import run_tflite_probe
+
+    given = [flag for flag, name in KERAS_ONLY if getattr(args, name)]
+    if given or args.objective != "mean" or args.taps:
+        raise ValueError(f"{', '.join(given) or '--taps/--objective'}: not for a .tflite, whose taps are "
+                         "found in it and probed by finite differences (mean objective)")
+    with flags(FLAGS):
+        summary = run_tflite_probe(args.model, args.out, options_from_args(args),
+                                   recorded_normalization(args.model), progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(summary["estimator"])
+    for stage, row in summary["stages"].items():
+        print(f"{stage:>6} {', '.join(row['taps'])}: objective {row['objective_start']:.3g} -> "
+              f"{row['objective_final']:.3g}, frequency centroid {row['frequency_centroid']:.3f}, "
+              f"colour share {row['colour_share']:.3f}")
     print(f"report: {summary['report']}", file=sys.stderr)
     return 0

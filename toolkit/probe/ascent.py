@@ -273,6 +273,10 @@ def run_plan(model: keras.Model, plan: ProbePlan, progress: bool = True, max_bat
     """Run ``plan`` on ``model`` by autodiff (in a subspace: the exact projection of the gradient)."""
     from tqdm import tqdm
 
+    if plan.disagreement or plan.step_rule == "sign":
+        raise ValueError("disagreement plans and the sign step rule compare two TFLite files: run them by "
+                         "finite differences (device.ascent.run_plan with a reference runtime)")
+
     with tqdm(total=len(plan.targets) * len(plan.images), desc="probe ascent", unit="ascent",
               disable=not progress, leave=False) as bar:
         result = Ascender(model, plan, max_batch=max_batch).run()

@@ -20,6 +20,8 @@ from .speed_chart import speed_section
 TAP_KEYS = ["tap", "stage", "sqnr_db", "cosine", "rmse_over_scale", "saturation", "noise_added"]
 FEATURE_KEYS = ["tap", "channel", "change_correlation", "image_correlation", "gradient_cosine",
                 "gradient_cosine_steps", "gain_reference", "gain_test", "gain_ratio"]
+SHIFT_KEYS = ["corruption", "accuracy_drop_pp", "accuracy_drop_se_pp", "worst_severity_drop_pp",
+              "flip_fraction"]
 VERDICT_KEYS = ["name", "level", "value", "direction", "threshold", "passed"]
 
 
@@ -89,7 +91,9 @@ def feature_figures(out: Path, board_index: int, taps_by_stage: dict[str, str]) 
     the ascent's change from the (first) start image."""
     d = out / "features"
     plan = ProbePlan.load(d / "plan.json")
-    rows = {"host autodiff": ProbeResult.load(d / "host"), "float (FD)": ProbeResult.load(d / "fd_float"),
+    # A float TFLite reference (a pair converted elsewhere) has no autodiff row.
+    rows = {**({"host autodiff": ProbeResult.load(d / "host")} if (d / "host").is_dir() else {}),
+            "float (FD)": ProbeResult.load(d / "fd_float"),
             "quantized (FD)": ProbeResult.load(d / f"fd_quant_board{board_index}")}
     start = plan.images[0]
     figures = {}
@@ -103,6 +107,44 @@ def feature_figures(out: Path, board_index: int, taps_by_stage: dict[str, str]) 
                          f"{stage} stage: {tap} (change from the start image)")
         figures[stage] = grids.write_png(out / "figures" / f"features_board{board_index}_{stage}.png", img)
     return figures
+
+
+def shift_figure(board: dict, path: Path) -> Path:
+    """The shift grid: accuracy drop (pp) per corruption (rows) and severity (columns)."""
+    plt = _plt()
+    shift = board["shift"]
+    names = [r["corruption"] for r in shift["corruptions"]]
+    severities = sorted({c["severity"] for c in shift["cells"]})
+    drops = {(c["corruption"], c["severity"]): c["accuracy_drop_pp"] for c in shift["cells"]}
+    grid = np.array([[drops[(n, s)] for s in severities] for n in names])
+    fig, ax = plt.subplots(figsize=(4.5, 0.35 * len(names) + 1.2))
+    limit = max(1.0, float(np.abs(grid).max()))
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(severities)), [f"severity {s}" for s in severities])
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title("accuracy drop under shift, float - quantized (pp)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    return _save(fig, path)
+
+
+def disagreement_figure(out: Path, board_index: int, board: dict) -> Path | None:
+    """Per start face: the start image, the most disagreeing image the ascent found within its budget, and
+    their difference (stretched: the change is a few grey levels)."""
+    d = out / "disagreement"
+    if not (d / f"board{board_index}" / "result.npz").is_file():
+        return None
+    plan = ProbePlan.load(d / "plan.json")
+    result = ProbeResult.load(d / f"board{board_index}")
+    cells, labels = [], []
+    for i, face in enumerate(board["disagreement"]["faces"]):
+        start, found = plan.images[i], result.final_images[i, 0]
+        cells.append([grids.stretch(start), grids.stretch(found), grids.signed(found - start)])
+        labels.append(f"face {i}: cos {face['start_cosine']:.3f} -> {face['worst_cosine']:.3f}")
+    img = grids.grid(cells, labels, ["start", "found", "difference"],
+                     "the ascent's most disagreeing image (float vs quantized embedding)")
+    return grids.write_png(out / "figures" / f"disagreement_board{board_index}.png", img)
 
 
 def _verdict_banner(report: dict) -> str:
@@ -119,6 +161,23 @@ def _verdict_banner(report: dict) -> str:
             f"<p>verification accuracy float {acc['float']:.4f}, quantized {acc['quantized']:.4f}; "
             f"worst tap <code>{html.escape(str(summary['worst_tap']))}</code>; "
             f"first broken tap {broken}; failed checks: {html.escape(failed)}</p></div>")
+
+
+MATCH_KEYS = ["tap", "stage", "matched_by", "float_tensor", "quantized_tensor", "op", "shape", "stride",
+              "receptive_field", "post_activation"]
+
+
+def _foreign(pair: dict | None) -> list[str]:
+    """A pair converted elsewhere: where its files came from and how its taps were matched."""
+    if not pair:
+        return []
+    files = ", ".join(f"{side} <code>{html.escape(src['file'])}</code> ({src['variant']}, sha256 "
+                      f"{src['sha256'][:12]}…, {src['candidates']} candidate taps)"
+                      for side, src in pair["sources"].items())
+    return ["<h2>Pair converted elsewhere</h2>",
+            f"<p>{files}. Taps {pair['taps']} in the files, {pair['taps_matched']} matched; the float "
+            "TFLite is the reference. The fix search is off (it needs a source model).</p>",
+            table(pair["matches"], MATCH_KEYS)]
 
 
 def _search(found: dict | None) -> str:
@@ -156,6 +215,7 @@ def render_check(run_dir: str | os.PathLike) -> Path:
              f"{html.escape(report['data']['source'])} ({report['data']['images']} images, "
              f"{report['data']['identities']} identities, {report['data']['pairs']} pairs), calibration "
              f"{html.escape(report['data']['calibration'])}.</p>",
+             *_foreign(report.get("foreign")),
              "<h2>Taps</h2>", img_tag(tap_figure(report, out / "figures" / "taps.png"), "tap SQNR")]
     has_features = (out / "features" / "plan.json").is_file()
     for i, board in enumerate(report["boards"]):
@@ -169,6 +229,16 @@ def render_check(run_dir: str | os.PathLike) -> Path:
                 board["features"]["summary"]))]
             parts += [img_tag(p, f"features {s}") for s, p in feature_figures(out, i, stages).items()]
             parts.append(table(board["features"]["float_vs_quantized"], FEATURE_KEYS))
+        if board.get("disagreement"):
+            parts += ["<h3>Disagreement ascent</h3>", table([board["disagreement"]["summary"]],
+                                                            list(board["disagreement"]["summary"]))]
+            figure = disagreement_figure(out, i, board)
+            parts += [img_tag(figure, "disagreement")] if figure else []
+        if board.get("shift"):
+            parts += ["<h3>Identities under shift</h3>", table([board["shift"]["summary"]],
+                                                               list(board["shift"]["summary"])),
+                      img_tag(shift_figure(board, out / "figures" / f"shift_board{i}.png"), "shift grid"),
+                      table(board["shift"]["corruptions"], SHIFT_KEYS)]
         ident = board["identities"]
         rows = [{"model": k, **{m: ident[k][m] for m in ("verification_accuracy", "roc_auc", "eer", "rank1")}}
                 for k in ("float", "quantized")]
