@@ -12,24 +12,13 @@ pytest.importorskip("tensorflow")
 
 from toolkit.cli import main  # noqa: E402
 from toolkit.data.shift import CORRUPTIONS  # noqa: E402
-from toolkit.export import Calibration, Recipe, export_model  # noqa: E402
-from toolkit.modelfile import save_face_model  # noqa: E402
-from toolkit.zoo import get_model  # noqa: E402
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
-    import keras
-
-    tmp = tmp_path_factory.mktemp("m")
-    keras.utils.set_random_seed(0)
-    model = save_face_model(get_model("tiny", input_size=SIZE, embedding_dim=8), tmp / "m" / "model.keras")
-    calibration = np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
-    files = export_model(model, tmp / "e", [Recipe("int8", calibration=Calibration(count=16))],
-                         calibration=calibration, progress=False)
-    return model, files["int8"]["deploy"]
+def quantized(untrained_int8):
+    return untrained_int8(SIZE)[1:]
 
 
 def check(quantized, tmp_path, gate: str, *flags: str) -> tuple[int, dict]:

@@ -8,16 +8,12 @@ import json
 import platform
 import threading
 
-import numpy as np
 import pytest
 
 from device.agent import AgentServer
 from toolkit.check.gate import load_thresholds
 from toolkit.check.speed import speed_verdicts
 from toolkit.cli import main
-from toolkit.export import Calibration, Recipe, export_model
-from toolkit.modelfile import save_face_model
-from toolkit.zoo import get_model
 
 SIZE = 32
 SPEED_KEYS = {"latency_ms", "float32_latency_ms", "speedup_b1", "peak_rss_mib", "threads"}
@@ -37,20 +33,13 @@ def agent():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(untrained_int8):
     """An untrained tiny model and its int8 files: its int8 kernels run ~4x slower than float32 on x86
     XNNPACK (per-op overhead dominates a model this small), so it is the quantized file that is slower."""
-    import keras
-
-    tmp = tmp_path_factory.mktemp("speed")
-    keras.utils.set_random_seed(0)
-    model = save_face_model(get_model("tiny", input_size=SIZE, embedding_dim=8), tmp / "m" / "model.keras")
-    calibration = np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
-    files = export_model(model, tmp / "e", [Recipe("int8", calibration=Calibration(count=16))],
-                         calibration=calibration, progress=False)
+    tmp, model, deploy = untrained_int8(SIZE)
     gate = tmp / "t.toml"  # an untrained model verifies at chance: open the data gate
     gate.write_text("[data]\nmin_float_verification_accuracy = 0.0\n")
-    return tmp, model, files["int8"]["deploy"], gate
+    return tmp, model, deploy, gate
 
 
 @pytest.fixture(scope="module")
