@@ -5,14 +5,13 @@ fails the check, and the fix search prices recipes where --price-on says."""
 from __future__ import annotations
 
 import json
-import platform
 import threading
 
 import pytest
 
 from device.agent import AgentServer
 from toolkit.check.gate import load_thresholds
-from toolkit.check.speed import speed_verdicts
+from toolkit.check.speed import slower_warning, speed_verdicts
 from toolkit.cli import main
 
 SIZE = 32
@@ -70,14 +69,18 @@ def test_every_board_reports_speed_beside_float32(agent, checked):
 
 
 def test_a_quantized_file_slower_than_float32_is_warned_about_by_board(checked):
-    if platform.machine() != "x86_64":
-        pytest.skip("the tiny model's int8 kernels are known slower than float32 on x86 XNNPACK only")
+    """Each board is warned about exactly when its own timing found the quantized file slower. (Which way
+    the tiny model's timing falls depends on the machine's load, so the rule is checked both ways below.)"""
     _, report, _ = checked
     warnings = report["summary"]["speed_warnings"]
     for board in report["boards"]:
-        assert board["speed"]["speedup_b1"] < 1.0
         named = f"on {board['name']} the int8 file runs slower than float32"
-        assert any(w.startswith(named) for w in warnings)
+        assert any(w.startswith(named) for w in warnings) == (board["speed"]["speedup_b1"] < 1.0)
+    slow = {"speedup_b1": 0.25, "latency_ms": 0.4, "float32_latency_ms": 0.1}
+    with pytest.warns(UserWarning):
+        message = slower_warning("pi", slow, "int8")
+    assert message.startswith("on pi the int8 file runs slower than float32 (0.400 ms against 0.100 ms")
+    assert slower_warning("pi", {**slow, "speedup_b1": 1.0}, "int8") is None
 
 
 def test_the_search_prices_where_it_is_told(agent, checked):
