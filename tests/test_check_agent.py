@@ -7,14 +7,10 @@ from __future__ import annotations
 import json
 import threading
 
-import numpy as np
 import pytest
 
 from device.agent import AgentServer
 from toolkit.cli import main
-from toolkit.export import Calibration, Recipe, export_model
-from toolkit.modelfile import save_face_model
-from toolkit.zoo import get_model
 
 SIZE = 32
 
@@ -30,18 +26,11 @@ def agent(tmp_path):
     server.server_close()
 
 
-def test_host_and_loopback_agent_give_the_same_verdict(agent, tmp_path, capsys):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    net = get_model("tiny", input_size=SIZE, embedding_dim=8)
-    model = save_face_model(net, tmp_path / "m" / "model.keras")
-    calibration = np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
-    files = export_model(model, tmp_path / "e", [Recipe("int8", calibration=Calibration(count=16))],
-                         calibration=calibration, progress=False)
+def test_host_and_loopback_agent_give_the_same_verdict(agent, untrained_int8, tmp_path, capsys):
+    _, model, deploy = untrained_int8(SIZE)
     gate = tmp_path / "t.toml"  # an untrained model verifies at chance: open the data gate
     gate.write_text("[data]\nmin_float_verification_accuracy = 0.0\n")
-    code = main(["check", str(model), "--quantized", str(files["int8"]["deploy"]), "--agent", agent,
+    code = main(["check", str(model), "--quantized", str(deploy), "--agent", agent,
                  "--thresholds", str(gate), "--sample", "4", "--no-features", "--search", "never",
                  "--disagreement", "--disagreement-images", "1",
                  "--out", str(tmp_path / "o"), "--json"])
