@@ -241,6 +241,10 @@ def test_derive_refuses_a_missing_budget_and_a_double_one(tiny_teacher, tmp_path
         == 2
     )
     assert "not both" in capsys.readouterr().err
+    out = tmp_path / "c"
+    assert main(["derive", str(tiny_teacher), "--keep", "0.5", "--size", "28", "--reconstruct", "--out",
+                 str(out)]) == 2
+    assert "reconstruct refits" in capsys.readouterr().err and not out.exists()  # refused before any work
 
 
 def test_resume_after_an_interruption_continues_where_it_stopped(tiny_teacher, tmp_path):

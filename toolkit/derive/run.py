@@ -150,9 +150,6 @@ def _prune(teacher, norm: dict, pool: np.ndarray, cfg: DeriveConfig):
         raise ValueError(f"size {cfg.size} px does not fit {teacher.name} ({str(exc).splitlines()[0]}); "
                          f"give a size nearer its own {teacher.input_shape[1]} px") from None
     if cfg.reconstruct:
-        if shape:
-            raise ValueError("reconstruct refits the student on the teacher's maps, which a smaller --size "
-                             "does not have; drop reconstruct or --size")
         from .reconstruct import reconstruct
 
         # 160 faces and their mirror images: enough rows that the deepest 3x3 convs are not overfitted.
@@ -265,6 +262,9 @@ def derive(teacher_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Der
     teacher, teacher_meta = load_face_model(teacher_path)
     src = _source(run_dir, teacher_path, cfg, data, identities, align, crop, resume)
     cfg, norm = src.cfg, teacher_meta["normalization"]
+    if cfg.reconstruct and cfg.size and cfg.size != int(teacher.input_shape[1]):
+        raise ValueError(f"reconstruct refits the student on the teacher's maps, which --size {cfg.size} "
+                         f"(not the teacher's {teacher.input_shape[1]} px) does not have; drop one of them")
     strategy = make_strategy(cfg.strategy)
     run_dir.mkdir(parents=True, exist_ok=True)
     pool, holdout = _training_faces(run_dir, src, int(teacher.input_shape[1]), progress)
